@@ -1,0 +1,28 @@
+# addm-workbench: the two commands of the README, each complete on a fresh machine.
+#   make demo   create .venv, install, run the demo pipeline (params/demo.yaml) into outputs/demo/
+#   make test   create .venv, install, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test ci-params clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m addmlib.pipeline params/demo.yaml
+
+ci-params: setup
+	$(PY) -m addmlib.pipeline params/ci.yaml
+
+test: setup
+	$(PY) -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,206 @@
+"""Typed parameter sets: validation of YAML files and of notebook parameters into dataclasses.
+
+Every notebook declares its parameters twice, on purpose: in its papermill ``parameters`` cell (what papermill and the
+pipeline runner see) and as a dataclass here (types, defaults, allowed values). A test keeps the two identical.
+Validation happens once, at the top of a notebook (``notebook_config``) or before a pipeline starts (``validate``):
+an unknown or ill-typed parameter is an error that names it and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A parameter set is wrong; the message names the source and the parameter."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp) if a is not Ellipsis)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp`` or raise TypeError. int -> float is allowed; bool is never an int; lists -> tuples."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    if origin is Literal:
+        if any(type(value) is type(a) and value == a for a in typing.get_args(tp)):
+            return value
+        raise TypeError
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        items = [_coerce(v, item) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, kt): _coerce(v, vt) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    raise TypeError(f"unsupported parameter type {tp!r}")
+
+
+def validate(cls: type[T], params: Mapping[str, Any], source: str) -> T:
+    """Build dataclass ``cls`` from ``params``; unknown, ill-typed or missing parameters raise ConfigError.
+
+    Dataclasses may define ``check(self) -> None`` for constraints between fields; its ValueError is re-raised as
+    ConfigError naming ``source``.
+    """
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of parameter names to values, got {type(params).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                          f"known parameters are: {', '.join(sorted(fields))}")
+    values: dict[str, Any] = {}
+    for name, value in params.items():
+        try:
+            values[name] = _coerce(value, hints[name])
+        except TypeError:
+            raise ConfigError(f"{source}: parameter {name!r} must be {_type_name(hints[name])}, "
+                              f"got {value!r} ({type(value).__name__})") from None
+    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{source}: missing required parameter(s) {', '.join(map(repr, missing))}")
+    obj = cls(**values)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return obj
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A flat YAML mapping of parameters; a clear error for a missing file, bad YAML or a non-mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ConfigError(f"{path}: expected a mapping of parameter names to values at the top level")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Notebook parameter sets. Shared names have the same meaning (and type) in every notebook that declares them.
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """notebooks/00_method.ipynb: the diffusion maths, the noise, the networks and the loss, checked and shown."""
+
+    run_dir: str = "../outputs/interactive"
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+    image_size: int = 64
+    num_steps: int = 1000
+    schedule: Literal["linear", "cosine"] = "linear"
+    t_star: int = 250
+    noise: Literal["gaussian", "simplex"] = "simplex"
+    simplex_octaves: int = 6
+    simplex_persistence: float = 0.8
+    simplex_frequency: float = 64.0
+    lambda_adv: float = 0.05
+    discriminator: Literal["paper", "conditional"] = "paper"
+    unet_base_channels: int = 32
+    unet_channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    unet_num_res_blocks: int = 1
+    unet_attention_resolutions: tuple[int, ...] = (8,)
+    unet_dropout: float = 0.0
+
+    def check(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.image_size < 16 or self.image_size % 8:
+            raise ValueError(f"image_size must be a multiple of 8 and >= 16, got {self.image_size}")
+        if self.num_steps < 2:
+            raise ValueError(f"num_steps (T) must be >= 2, got {self.num_steps}")
+        if not 1 <= self.t_star <= self.num_steps:
+            raise ValueError(f"t_star must be in [1, num_steps={self.num_steps}], got {self.t_star}")
+        if self.lambda_adv < 0:
+            raise ValueError(f"lambda_adv must be >= 0, got {self.lambda_adv}")
+
+
+NOTEBOOK_CONFIGS: dict[str, type] = {
+    "00_method": MethodConfig,
+}
+"""Notebook stem -> its config, in pipeline order."""
+
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+
+
+def notebook_config(cls: type[T], namespace: Mapping[str, Any], notebook: str) -> T:
+    """Validate a notebook's parameters from its global namespace (after papermill's injected cell).
+
+    Plain-data globals (numbers, strings, lists, dicts, None) that the notebook's config does not declare are
+    errors, unless another notebook of the pipeline declares them (a shared params file passed with ``papermill -f``
+    carries every notebook's parameters); those are ignored.
+    """
+    hidden = set(_IPYTHON_NAMES)
+    try:
+        hidden |= set(get_ipython().user_ns_hidden)  # type: ignore[name-defined]  # noqa: F821
+    except NameError:
+        pass
+    plain = (bool, int, float, str, list, tuple, dict, type(None))
+    found = {k: v for k, v in namespace.items()
+             if not k.startswith("_") and k not in hidden and isinstance(v, plain)}
+    own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    others = {f.name for c in NOTEBOOK_CONFIGS.values() for f in dataclasses.fields(c)} - own
+    params = {k: v for k, v in found.items() if k not in others}
+    return validate(cls, params, f"notebook {notebook} parameters")

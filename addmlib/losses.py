@@ -1,0 +1,106 @@
+"""ADDM's objective (paper Eq. 5): L_ADDM = L_DDPM + lambda * L_Adv.
+
+How we read Eq. 5 (the paper is ambiguous; see notebooks/00_method.ipynb for the full discussion):
+
+* L_DDPM is Ho et al.'s simple loss ||eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t)||^2.
+  Eq. 5 prints sqrt(alpha_t); we read it as alpha_bar_t, as in the paper's own Eq. 4 and in DDPM.
+* "Real" samples are forward-process draws x_{t-1} ~ q(x_{t-1} | x_0). We draw them as x_{t-1} ~ q(x_{t-1} | x_t, x_0)
+  with the same x_t the model sees; marginally over x_t that is exactly q(x_{t-1} | x_0), and it keeps the pair
+  (x_{t-1}, x_t) consistent for the conditional (DDGAN-style) discriminator.
+* "Fake" samples are the model's reverse step x_{t-1} = mu_theta(x_t, t) + sigma_t z (Eq. 2), reparameterised so
+  gradients reach theta through mu_theta.
+* Eq. 5 writes the GAN value function E[log D(real)] + E[log(1 - D(fake))], which D maximises. For the U-Net we use the
+  standard non-saturating generator loss L_Adv = -E[log D(fake)] (Goodfellow et al. 2014), scaled by lambda.
+  D minimises the binary cross-entropy -log D(real) - log(1 - D(fake)).
+* lambda = 0 is exactly the DDPM baseline (Pinaya et al.): the discriminator is not evaluated at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .diffusion import GaussianDiffusion, NoiseFn, gaussian_noise
+from .nets import Discriminator
+
+
+def ddpm_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """L_DDPM = mean ||eps - eps_theta||^2 (Ho et al.'s L_simple)."""
+    return F.mse_loss(eps_pred.float(), eps.float())
+
+
+def generator_adv_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating L_Adv = -log D(fake) = softplus(-logit), averaged over the batch."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """BCE for D: -log D(real) - log(1 - D(fake)) = softplus(-real) + softplus(fake)."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+@dataclass
+class ADDMTerms:
+    """Everything one training step needs: the U-Net's loss and the (detached) samples D is trained on."""
+
+    total: torch.Tensor
+    ddpm: torch.Tensor
+    adv: torch.Tensor
+    t: torch.Tensor
+    x_t: torch.Tensor
+    real_prev: torch.Tensor | None
+    fake_prev: torch.Tensor | None
+
+
+def sample_timesteps(batch: int, num_steps: int, device: torch.device,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """t ~ Uniform{1, ..., T}."""
+    gdev = device if generator is None else generator.device
+    return torch.randint(1, num_steps + 1, (batch,), generator=generator, device=gdev).to(device)
+
+
+def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, lam: float,
+                         discriminator: Discriminator | None = None, t: torch.Tensor | None = None,
+                         noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None) -> ADDMTerms:
+    """L_ADDM = L_DDPM + lambda * L_Adv for one batch x0 (B, C, H, W) in [-1, 1].
+
+    With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
+    required. The discriminator's own parameters receive gradients from ``total`` too: the caller keeps them out of
+    the U-Net's optimiser (the trainer zeroes them before D's update).
+    """
+    if lam < 0:
+        raise ValueError(f"lambda must be >= 0, got {lam}")
+    b = x0.shape[0]
+    if t is None:
+        t = sample_timesteps(b, diffusion.num_steps, x0.device, generator)
+    eps = noise_fn(x0, generator)
+    x_t = diffusion.q_sample(x0, t, eps)
+    eps_pred = model(x_t, t)
+    l_ddpm = ddpm_loss(eps_pred, eps)
+    zero = torch.zeros((), device=x0.device)
+    if lam == 0:
+        return ADDMTerms(l_ddpm, l_ddpm, zero, t, x_t, None, None)
+    if discriminator is None:
+        raise ValueError(f"lambda = {lam} > 0 needs a discriminator")
+    # Fake: the model's reverse step, reparameterised (no x0 clipping so gradients flow everywhere).
+    fake_prev = diffusion.p_sample_from_eps(x_t, t, eps_pred.to(x_t.dtype), noise_fn(x0, generator), clip=False)
+    # Real: forward-process x_{t-1}, drawn given the same x_t (marginally q(x_{t-1} | x_0)).
+    real_prev = diffusion.q_posterior_sample(x0, x_t, t, noise_fn(x0, generator))
+    cond = x_t if discriminator.config.conditional else None
+    l_adv = generator_adv_loss(discriminator(fake_prev, t, cond))
+    return ADDMTerms(l_ddpm + lam * l_adv, l_ddpm, l_adv, t, x_t, real_prev.detach(), fake_prev.detach())
+
+
+def discriminator_step_loss(discriminator: Discriminator, terms: ADDMTerms) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                     torch.Tensor]:
+    """D's BCE on the detached real/fake pair of ``terms``; also returns D's accuracy on real and on fake."""
+    if terms.real_prev is None or terms.fake_prev is None:
+        raise ValueError("no adversarial samples: lambda was 0")
+    cond = terms.x_t.detach() if discriminator.config.conditional else None
+    real_logits = discriminator(terms.real_prev, terms.t, cond)
+    fake_logits = discriminator(terms.fake_prev, terms.t, cond)
+    acc_real = (real_logits > 0).float().mean()
+    acc_fake = (fake_logits < 0).float().mean()
+    return discriminator_loss(real_logits, fake_logits), acc_real, acc_fake

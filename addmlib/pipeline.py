@@ -1,0 +1,127 @@
+"""Run the workbench's notebooks in order through papermill: ``python -m addmlib.pipeline params/demo.yaml``.
+
+The parameter file is a flat YAML mapping (the same file works with ``papermill -f``). Each notebook receives only the
+parameters its ``parameters`` cell declares (read with ``papermill.inspect_notebook``); a parameter that no notebook
+of the run declares is refused before anything runs, and every value is type-checked against the notebook's config.
+Everything of a run lands in one folder: executed notebooks under ``notebooks/``, ``run.json`` (parameters, seed,
+versions, git commit) and ``pipeline.json`` (per-notebook status and wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .config import NOTEBOOK_CONFIGS, ConfigError, load_yaml, validate
+from .fileio import write_json_atomic
+from .provenance import write_run_record
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One notebook of a run with the parameters it will receive."""
+
+    name: str
+    path: Path
+    params: dict[str, Any]
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names in the notebook's cell tagged ``parameters``."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)).keys())
+
+
+def plan(params: Mapping[str, Any], notebooks: Sequence[str], run_dir: Path, source: str,
+         notebook_dir: Path = NOTEBOOK_DIR) -> list[Step]:
+    """Split ``params`` over ``notebooks``; refuse names no notebook declares and values of the wrong type."""
+    steps: list[Step] = []
+    used: set[str] = set()
+    for name in notebooks:
+        path = notebook_dir / f"{name}.ipynb"
+        if not path.is_file():
+            raise ConfigError(f"{source}: notebook {name!r} not found at {path}")
+        declared = declared_parameters(path)
+        mine = {k: v for k, v in params.items() if k in declared}
+        used |= set(mine)
+        if "run_dir" in declared:
+            mine["run_dir"] = str(run_dir)
+        if name in NOTEBOOK_CONFIGS:
+            validate(NOTEBOOK_CONFIGS[name], mine, f"{source} (for notebook {name})")
+        steps.append(Step(name, path, mine))
+    unknown = sorted(set(params) - used - {"run_dir"})
+    if unknown:
+        raise ConfigError(f"{source}: parameter(s) {', '.join(map(repr, unknown))} are declared by none of the "
+                          f"notebooks {', '.join(notebooks)}; check the spelling")
+    return steps
+
+
+def run(params_file: str | Path, run_dir: str | Path | None = None, notebooks: Sequence[str] | None = None,
+        cell_timeout: int = 3600) -> Path:
+    """Execute the pipeline; returns the run folder. Raises on the first failing notebook (its output is kept)."""
+    import papermill
+
+    params_file = Path(params_file)
+    params = load_yaml(params_file)
+    names = list(notebooks) if notebooks else list(NOTEBOOK_CONFIGS)
+    folder = Path(run_dir) if run_dir else REPO_ROOT / "outputs" / params_file.stem
+    folder = folder.resolve()
+    steps = plan(params, names, folder, str(params_file))
+    folder.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.timezone.utc)
+    write_run_record(folder / "run.json", {"params_file": str(params_file), **params}, params.get("seed"), started)
+    status: dict[str, Any] = {"params_file": str(params_file), "cell_timeout_s": cell_timeout, "notebooks": []}
+    for step in steps:
+        out = folder / "notebooks" / step.path.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        entry: dict[str, Any] = {"notebook": step.name, "output": str(out), "params": step.params}
+        status["notebooks"].append(entry)
+        print(f"[pipeline] {step.name} -> {out}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(step.path), str(out), parameters=step.params, kernel_name="python3",
+                                       cwd=str(step.path.parent), execution_timeout=cell_timeout,
+                                       progress_bar=False, log_output=False)
+        except Exception as exc:
+            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                         wall_time_s=round(time.perf_counter() - t0, 2))
+            write_json_atomic(folder / "pipeline.json", status)
+            raise RuntimeError(f"notebook {step.name} failed; the executed notebook with the error is {out}") from exc
+        entry.update(status="ok", wall_time_s=round(time.perf_counter() - t0, 2))
+        write_json_atomic(folder / "pipeline.json", status)
+    write_run_record(folder / "run.json", {"params_file": str(params_file), **params}, params.get("seed"), started)
+    return folder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m addmlib.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("params", help="flat YAML parameter file, e.g. params/demo.yaml")
+    parser.add_argument("--run-dir", help="run folder (default: outputs/<params file stem>)")
+    parser.add_argument("--notebooks", help="comma-separated notebook names to run (default: the whole pipeline: "
+                        + ", ".join(NOTEBOOK_CONFIGS) + ")")
+    parser.add_argument("--cell-timeout", type=int, default=3600, help="seconds one cell may run (default 3600)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.notebooks.split(",")] if args.notebooks else None
+    try:
+        folder = run(args.params, args.run_dir, names, args.cell_timeout)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"[pipeline] done: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The papermill pipeline runner and the notebook conventions."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from addmlib import pipeline
+from addmlib.config import NOTEBOOK_CONFIGS, ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_conventions(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "commit notebooks without outputs"
+    assert path.stem in NOTEBOOK_CONFIGS, "every notebook has a typed config"
+
+
+def test_plan_refuses_parameters_no_notebook_declares(tmp_path):
+    with pytest.raises(ConfigError, match="'learning_rat'.*declared by none"):
+        pipeline.plan({"image_size": 32, "learning_rat": 1e-4}, ["00_method"], tmp_path, "p.yaml")
+
+
+def test_plan_type_checks_before_running(tmp_path):
+    with pytest.raises(ConfigError, match="p.yaml \\(for notebook 00_method\\): parameter 'num_steps' must be int"):
+        pipeline.plan({"num_steps": "many"}, ["00_method"], tmp_path, "p.yaml")
+
+
+def test_plan_passes_each_notebook_only_its_parameters(tmp_path):
+    steps = pipeline.plan({"image_size": 32, "seed": 3}, ["00_method"], tmp_path, "p.yaml")
+    assert steps[0].params == {"image_size": 32, "seed": 3, "run_dir": str(tmp_path)}
+
+
+def test_cli_reports_bad_parameter_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("image_sise: 32\n")
+    assert pipeline.main([str(bad), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "image_sise" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists(), "nothing is written before the parameters are valid"
+
+
+@pytest.mark.slow
+def test_pipeline_runs_with_ci_params(tmp_path):
+    folder = pipeline.run(ROOT / "params" / "ci.yaml", tmp_path / "run", cell_timeout=600)
+    status = json.loads((folder / "pipeline.json").read_text())
+    assert [n["status"] for n in status["notebooks"]] == ["ok"] * len(NOTEBOOK_CONFIGS)
+    record = json.loads((folder / "run.json").read_text())
+    assert record["seed"] == 0 and record["packages"]["torch"].startswith("2.13.0") and "commit" in record["git"]
+    checks = json.loads((folder / "00_method" / "method_checks.json").read_text())
+    assert checks["closed_form"]["oracle_ddim_10_steps_reconstruction_max_abs_err"] < 1e-6
+    assert checks["networks"]["lambda_0_equals_L_DDPM"] is True
+    executed = nbformat.read(folder / "notebooks" / "00_method.ipynb", as_version=4)
+    assert any(o.get("output_type") == "display_data" for c in executed.cells if c.cell_type == "code"
+               for o in c.outputs), "figures are in the executed notebook"
+
+
+@pytest.mark.slow
+def test_failing_notebook_is_reported_and_kept(tmp_path):
+    with pytest.raises(RuntimeError, match="notebook 00_method failed"):
+        pipeline.run(_params_with(tmp_path, device="cuda:7"), tmp_path / "run", cell_timeout=600)
+    status = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert status["notebooks"][0]["status"] == "failed" and "CUDA" in status["notebooks"][0]["error"]
+    assert (tmp_path / "run" / "notebooks" / "00_method.ipynb").exists()
+
+
+def _params_with(tmp_path, **changes):
+    import yaml
+    params = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
+    params.update(changes)
+    out = tmp_path / "p.yaml"
+    out.write_text(yaml.safe_dump(params))
+    return out
