@@ -1,0 +1,277 @@
+"""Build the prepared dataset once (``dataset.npz`` + ``manifest.json``) and read it back for training and evaluation.
+
+Splits are by subject, never by slice:
+
+* ``train``: healthy scans (the packaged healthy brains except the held-out hosts, plus any healthy dataset on disk);
+* ``val_healthy``: the held-out hosts, lesion-free: for validation and for calibrating thresholds on healthy data;
+* ``eval_a``: real tumour scans with their real tumour masks (packaged, plus any tumour dataset on disk);
+* ``eval_b``: the held-out hosts with inserted lesions (synthetic ellipsoids and pasted real tumours): synthetic.
+
+Each volume is stored preprocessed (N x N x Z axial stack, float16 in [-1, 1]) with its brain mask, lesion mask,
+voxel->world affine, the indices of the slices that hold enough brain, and the geometry of the scan it came from so
+maps can be written back into the input's native space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..fileio import atomic_path, write_json_atomic
+from .datasets import DISK_LOADERS, Subject, packaged
+from .io import read_mask, read_volume
+from .lesions import paste_tumour, synthetic_lesion
+from .preprocess import Volume, preprocess, select_slices
+from .sources import SOURCES, default_cache_dir, sha256_of
+
+DATA_FORMAT_VERSION = 1
+SPLITS = ("train", "val_healthy", "eval_a", "eval_b")
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """Everything that determines the prepared data (its fingerprint is stored in the manifest)."""
+
+    image_size: int
+    healthy_sources: tuple[str, ...]
+    holdout_hosts: tuple[str, ...]
+    tumour_sources: tuple[str, ...]
+    paste_donors: tuple[str, ...]
+    lesions_per_host: int
+    min_brain_fraction: float
+    strip_margin_mm: float
+    seed: int
+    disk_healthy_format: str = ""
+    disk_healthy_root: str = ""
+    disk_tumour_format: str = ""
+    disk_tumour_root: str = ""
+    max_disk_subjects: int = 0
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"v": DATA_FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_subject(subject: Subject) -> Volume:
+    """The subject's scan and masks in native space, as a Volume (masks resampled onto the scan's grid if needed)."""
+    img = read_volume(subject.image)
+    lesion = read_mask(subject.lesion, subject.lesion_label) if subject.lesion else None
+    brain = read_mask(subject.brain) if subject.brain else None
+    return Volume.from_nifti(img, brain, lesion)
+
+
+def prepare_subject(subject: Subject, size: int, strip_margin_mm: float, min_brain_fraction: float,
+                    cache_dir: Path | None = None) -> tuple[Volume, dict[str, Any]]:
+    """Preprocess one subject (cached by file checksum and settings) -> (volume, metadata for the manifest)."""
+    cache = (cache_dir or default_cache_dir()) / "prepared"
+    digest = sha256_of(subject.image)
+    key = hashlib.sha256(f"{DATA_FORMAT_VERSION}|{digest}|{subject.lesion}|{subject.lesion_label}|{subject.brain}|"
+                         f"{subject.brain_method}|{size}|{strip_margin_mm}".encode()).hexdigest()[:16]
+    cached = cache / f"{subject.dataset}-{subject.id}-{size}-{key}.npz"
+    if cached.is_file():
+        with np.load(cached) as z:
+            vol = Volume(z["image"], z["affine"], z["brain"], z["lesion"] if "lesion" in z else None)
+            meta = json.loads(str(z["meta"]))
+    else:
+        raw = load_subject(subject)
+        vol = preprocess(raw, size, subject.brain_method, strip_margin_mm=strip_margin_mm)
+        meta = {
+            "id": subject.id, "dataset": subject.dataset, "role": subject.role, "image_path": str(subject.image),
+            "image_sha256": digest, "brain_method": subject.brain_method,
+            "native_shape": list(raw.image.shape), "native_affine": raw.affine.tolist(),
+            "native_spacing_mm": [round(float(s), 4) for s in raw.spacing],
+        }
+        if raw.lesion is not None:
+            # How much of the real tumour the brain mask kept (skull stripping can cut surface lesions).
+            meta["lesion_voxels_native"] = int(raw.lesion.sum())
+            meta["lesion_inside_brain_fraction"] = round(float((vol.lesion & vol.brain).sum()
+                                                               / max(vol.lesion.sum(), 1)), 4)
+        arrays = {"image": vol.image, "affine": vol.affine, "brain": vol.brain, "meta": np.array(json.dumps(meta))}
+        if vol.lesion is not None:
+            arrays["lesion"] = vol.lesion
+        with atomic_path(cached) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+    meta = dict(meta, slices=select_slices(vol.brain, min_brain_fraction).tolist())
+    return vol, meta
+
+
+def subjects_for(settings: PrepareSettings, cache_dir: Path | None = None) -> dict[str, list[Subject]]:
+    """The subjects of each split before lesion insertion: train, val_healthy (hosts), eval_a."""
+    overlap = set(settings.healthy_sources) & set(settings.holdout_hosts)
+    if overlap:
+        raise ValueError(f"held-out hosts {sorted(overlap)} are also listed as training sources")
+    for name in (*settings.healthy_sources, *settings.holdout_hosts, *settings.tumour_sources, *settings.paste_donors):
+        if name not in SOURCES:
+            raise ValueError(f"unknown packaged source {name!r}; known: {', '.join(SOURCES)}")
+    for name in (*settings.healthy_sources, *settings.holdout_hosts):
+        if SOURCES[name].role != "healthy":
+            raise ValueError(f"source {name!r} is a tumour scan and cannot be used as a healthy brain")
+    for name in (*settings.tumour_sources, *settings.paste_donors):
+        if SOURCES[name].role != "tumour":
+            raise ValueError(f"source {name!r} has no tumour and cannot be a tumour scan or donor")
+    train = [packaged(n, cache_dir) for n in settings.healthy_sources]
+    hosts = [packaged(n, cache_dir) for n in settings.holdout_hosts]
+    eval_a = [packaged(n, cache_dir) for n in settings.tumour_sources]
+    for fmt, root, split, role in ((settings.disk_healthy_format, settings.disk_healthy_root, train, "healthy"),
+                                   (settings.disk_tumour_format, settings.disk_tumour_root, eval_a, "tumour")):
+        if not fmt:
+            continue
+        if fmt not in DISK_LOADERS:
+            raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(DISK_LOADERS)}")
+        found = [s for s in DISK_LOADERS[fmt](root) if s.role == role]
+        split.extend(found[: settings.max_disk_subjects or None])
+    return {"train": train, "val_healthy": hosts, "eval_a": eval_a}
+
+
+def _key(split: str, vid: str, field: str) -> str:
+    return f"{split}/{vid}/{field}"
+
+
+def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None = None,
+          progress: Iterable | None = None) -> dict[str, Any]:
+    """Build ``out_dir/dataset.npz`` and ``out_dir/manifest.json``; reuse them if the fingerprint matches."""
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.is_file() and (out_dir / "dataset.npz").is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("fingerprint") == settings.fingerprint():
+            manifest["reused"] = True
+            return manifest
+    subjects = subjects_for(settings, cache_dir)
+    arrays: dict[str, np.ndarray] = {}
+    volumes: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    prepared: dict[str, tuple[Volume, dict[str, Any]]] = {}
+    todo = [(split, s) for split in ("train", "val_healthy", "eval_a") for s in subjects[split]]
+    todo += [("donor", packaged(n, cache_dir)) for n in settings.paste_donors if n not in settings.tumour_sources]
+    wrap = progress if progress is not None else (lambda x, **_: x)
+    for split, subject in wrap(todo, desc="preprocessing"):
+        vol, meta = prepare_subject(subject, settings.image_size, settings.strip_margin_mm,
+                                    settings.min_brain_fraction, cache_dir)
+        prepared[subject.id] = (vol, meta)
+        if split != "donor":
+            _store(arrays, volumes, split, subject.id, vol, meta)
+    rng = np.random.default_rng(settings.seed)
+    for host_name in settings.holdout_hosts:
+        host, host_meta = prepared[host_name]
+        for i in range(settings.lesions_per_host):
+            polarity = "hyper" if i % 2 == 0 else "hypo"
+            radius = (3.0, 8.0) if i % 4 < 2 else (8.0, 16.0)
+            vol, info = synthetic_lesion(host, rng, radius_mm=radius, polarity=polarity)
+            vid = f"{host_name}+synthetic{i:02d}-{polarity}"
+            _store(arrays, volumes, "eval_b", vid, vol, dict(host_meta, id=vid, host=host_name, lesion=asdict(info),
+                                                             synthetic=True))
+        for donor_name in settings.paste_donors:
+            donor, _ = prepared[donor_name]
+            vol, info = paste_tumour(host, donor, rng, donor_name)
+            vid = f"{host_name}+pasted-{donor_name}"
+            _store(arrays, volumes, "eval_b", vid, vol, dict(host_meta, id=vid, host=host_name, lesion=asdict(info),
+                                                             synthetic=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "dataset.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    manifest = {
+        "fingerprint": settings.fingerprint(), "format_version": DATA_FORMAT_VERSION, "settings": asdict(settings),
+        "sources": {n: {"requirement": SOURCES[n].archive.requirement, "archive_sha256": SOURCES[n].archive.sha256,
+                        "member": SOURCES[n].member, "mask_member": SOURCES[n].mask_member,
+                        "mask_label": SOURCES[n].mask_label, "licence": SOURCES[n].licence,
+                        "kind": SOURCES[n].kind, "description": SOURCES[n].description}
+                    for n in dict.fromkeys((*settings.healthy_sources, *settings.holdout_hosts,
+                                            *settings.tumour_sources, *settings.paste_donors))},
+        "split": {s: [v["id"] for v in volumes[s]] for s in SPLITS},
+        "volumes": volumes,
+        "counts": {s: {"volumes": len(volumes[s]), "slices": sum(len(v["slices"]) for v in volumes[s]),
+                       "lesion_slices": sum(v.get("lesion_slices", 0) for v in volumes[s])} for s in SPLITS},
+        "notes": ["eval_b is synthetic: lesions inserted into held-out healthy hosts",
+                  "eval_a is small: real tumour scans from the packaged sources (qtim scans are one patient)",
+                  "none of these are the paper's datasets (NFBS, Edinburgh)"],
+    }
+    write_json_atomic(manifest_path, manifest)
+    manifest["reused"] = False
+    return manifest
+
+
+def _store(arrays: dict[str, np.ndarray], volumes: dict[str, list[dict[str, Any]]], split: str, vid: str,
+           vol: Volume, meta: dict[str, Any]) -> None:
+    arrays[_key(split, vid, "image")] = vol.image.astype(np.float16)
+    arrays[_key(split, vid, "brain")] = vol.brain
+    arrays[_key(split, vid, "affine")] = vol.affine
+    entry = dict(meta, id=vid, shape=list(vol.image.shape))
+    if vol.lesion is not None:
+        arrays[_key(split, vid, "lesion")] = vol.lesion
+        per_slice = vol.lesion.reshape(-1, vol.lesion.shape[2]).sum(0)
+        entry["lesion_voxels"] = int(vol.lesion.sum())
+        entry["lesion_slices"] = int((per_slice[meta["slices"]] > 0).sum())
+    volumes[split].append(entry)
+
+
+@dataclass
+class PreparedVolume:
+    """One stored volume: N x N x Z image (float32), brain and lesion masks, affine, selected slice indices."""
+
+    id: str
+    split: str
+    image: np.ndarray
+    brain: np.ndarray
+    lesion: np.ndarray | None
+    affine: np.ndarray
+    slices: np.ndarray
+    meta: dict[str, Any]
+
+
+class PreparedDataset:
+    """Read access to ``dataset.npz`` + ``manifest.json`` written by ``build``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        manifest = self.folder / "manifest.json"
+        data = self.folder / "dataset.npz"
+        for path in (manifest, data):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: run notebooks/01_prepare_data.ipynb (or the pipeline) "
+                                        f"with this run folder first")
+        self.manifest = json.loads(manifest.read_text())
+        try:
+            self._npz = np.load(data)
+        except (zipfile.BadZipFile, ValueError, OSError) as exc:
+            raise ValueError(f"{data} is corrupt ({exc}); delete it and run the data preparation again") from None
+
+    def ids(self, split: str) -> list[str]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return list(self.manifest["split"][split])
+
+    def volume(self, split: str, vid: str) -> PreparedVolume:
+        meta = next(v for v in self.manifest["volumes"][split] if v["id"] == vid)
+        lesion_key = _key(split, vid, "lesion")
+        return PreparedVolume(vid, split, self._npz[_key(split, vid, "image")].astype(np.float32),
+                              self._npz[_key(split, vid, "brain")],
+                              self._npz[lesion_key] if lesion_key in self._npz.files else None,
+                              self._npz[_key(split, vid, "affine")], np.asarray(meta["slices"], dtype=int), meta)
+
+    def volumes(self, split: str) -> list[PreparedVolume]:
+        return [self.volume(split, v) for v in self.ids(split)]
+
+    def slices(self, split: str, ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Selected axial slices of a split stacked as (n, N, N) arrays: image, brain, lesion, plus volume index/id."""
+        images, brains, lesions, owner, index = [], [], [], [], []
+        for vid in ids or self.ids(split):
+            v = self.volume(split, vid)
+            for k in v.slices:
+                images.append(v.image[:, :, k])
+                brains.append(v.brain[:, :, k])
+                lesions.append(v.lesion[:, :, k] if v.lesion is not None else np.zeros_like(v.brain[:, :, k]))
+                owner.append(vid)
+                index.append(k)
+        if not images:
+            raise ValueError(f"split {split!r} has no slices")
+        return {"image": np.stack(images), "brain": np.stack(brains), "lesion": np.stack(lesions),
+                "volume": np.asarray(owner), "slice": np.asarray(index)}
+
