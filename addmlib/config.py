@@ -177,8 +177,51 @@ class MethodConfig:
             raise ValueError(f"lambda_adv must be >= 0, got {self.lambda_adv}")
 
 
+_PACKAGED_HEALTHY_TRAIN = ("mrhead", "robex_subject", "icbm2009a", "mni152_nlin6", "icbm_sym55", "oasis30",
+                           "pydeface_mean", "mni152_2mm")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """notebooks/01_prepare_data.ipynb: the embedded dataset (and optional datasets on disk), prepared once."""
+
+    run_dir: str = "../outputs/interactive"
+    seed: int = 0
+    threads: int = 2
+    image_size: int = 64
+    healthy_sources: tuple[str, ...] = _PACKAGED_HEALTHY_TRAIN
+    holdout_hosts: tuple[str, ...] = ("colin27", "sri24")
+    tumour_sources: tuple[str, ...] = ("qtim_tumor2", "qtim_shape", "pyradiomics_brain1", "pyradiomics_brain2")
+    paste_donors: tuple[str, ...] = ("qtim_tumor2", "pyradiomics_brain1", "pyradiomics_brain2")
+    lesions_per_host: int = 6
+    min_brain_fraction: float = 0.25
+    strip_margin_mm: float = 2.0
+    disk_healthy_format: Literal["", "nfbs", "ixi", "folder"] = ""
+    disk_healthy_root: str = ""
+    disk_tumour_format: Literal["", "edinburgh", "brats", "folder"] = ""
+    disk_tumour_root: str = ""
+    max_disk_subjects: int = 0
+    histogram_standardisation: bool = True
+    data_cache_dir: str = ""
+
+    def check(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.image_size < 16 or self.image_size % 8:
+            raise ValueError(f"image_size must be a multiple of 8 and >= 16, got {self.image_size}")
+        if not 0 < self.min_brain_fraction <= 1:
+            raise ValueError(f"min_brain_fraction must be in (0, 1], got {self.min_brain_fraction}")
+        if self.lesions_per_host < 0 or self.max_disk_subjects < 0 or self.strip_margin_mm < 0:
+            raise ValueError("lesions_per_host, max_disk_subjects and strip_margin_mm must be >= 0")
+        for fmt, root, what in ((self.disk_healthy_format, self.disk_healthy_root, "disk_healthy"),
+                                (self.disk_tumour_format, self.disk_tumour_root, "disk_tumour")):
+            if bool(fmt) != bool(root):
+                raise ValueError(f"{what}_format and {what}_root must be given together (got {fmt!r}, {root!r})")
+
+
 NOTEBOOK_CONFIGS: dict[str, type] = {
     "00_method": MethodConfig,
+    "01_prepare_data": PrepareConfig,
 }
 """Notebook stem -> its config, in pipeline order."""
 

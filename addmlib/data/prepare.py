@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -27,7 +27,7 @@ from ..fileio import atomic_path, write_json_atomic
 from .datasets import DISK_LOADERS, Subject, packaged
 from .io import read_mask, read_volume
 from .lesions import paste_tumour, synthetic_lesion
-from .preprocess import Volume, preprocess, select_slices
+from .preprocess import Volume, add_brain_mask, brain_landmarks, finish, match_landmarks, select_slices, standardise
 from .sources import SOURCES, default_cache_dir, sha256_of
 
 DATA_FORMAT_VERSION = 1
@@ -52,6 +52,7 @@ class PrepareSettings:
     disk_tumour_format: str = ""
     disk_tumour_root: str = ""
     max_disk_subjects: int = 0
+    histogram_standardisation: bool = True
 
     def fingerprint(self) -> str:
         blob = json.dumps({"v": DATA_FORMAT_VERSION, **asdict(self)}, sort_keys=True)
@@ -68,37 +69,38 @@ def load_subject(subject: Subject) -> Volume:
 
 def prepare_subject(subject: Subject, size: int, strip_margin_mm: float, min_brain_fraction: float,
                     cache_dir: Path | None = None) -> tuple[Volume, dict[str, Any]]:
-    """Preprocess one subject (cached by file checksum and settings) -> (volume, metadata for the manifest)."""
-    cache = (cache_dir or default_cache_dir()) / "prepared"
+    """Preprocess one subject -> (N x N x Z volume, metadata for the manifest).
+
+    The brain mask at 1 mm (the slow part: deepbet) is cached by the scan's checksum and the stripping settings, so
+    preparing the same scans at another image size, or again, does not strip them again.
+    """
     digest = sha256_of(subject.image)
-    key = hashlib.sha256(f"{DATA_FORMAT_VERSION}|{digest}|{subject.lesion}|{subject.lesion_label}|{subject.brain}|"
-                         f"{subject.brain_method}|{size}|{strip_margin_mm}".encode()).hexdigest()[:16]
-    cached = cache / f"{subject.dataset}-{subject.id}-{size}-{key}.npz"
+    raw = load_subject(subject)
+    std = standardise(raw)
+    key = hashlib.sha256(f"{DATA_FORMAT_VERSION}|{digest}|{subject.brain}|{subject.brain_method}|"
+                         f"{strip_margin_mm}".encode()).hexdigest()[:16]
+    cached = (cache_dir or default_cache_dir()) / "brain_masks" / f"{subject.dataset}-{subject.id}-{key}.npz"
     if cached.is_file():
         with np.load(cached) as z:
-            vol = Volume(z["image"], z["affine"], z["brain"], z["lesion"] if "lesion" in z else None)
-            meta = json.loads(str(z["meta"]))
+            mask = np.unpackbits(z["bits"])[: int(np.prod(z["shape"]))].reshape(tuple(z["shape"])).astype(bool)
+        std = add_brain_mask(replace(std, brain=mask), "given")
     else:
-        raw = load_subject(subject)
-        vol = preprocess(raw, size, subject.brain_method, strip_margin_mm=strip_margin_mm)
-        meta = {
-            "id": subject.id, "dataset": subject.dataset, "role": subject.role, "image_path": str(subject.image),
-            "image_sha256": digest, "brain_method": subject.brain_method,
-            "native_shape": list(raw.image.shape), "native_affine": raw.affine.tolist(),
-            "native_spacing_mm": [round(float(s), 4) for s in raw.spacing],
-        }
-        if raw.lesion is not None:
-            # How much of the real tumour the brain mask kept (skull stripping can cut surface lesions).
-            meta["lesion_voxels_native"] = int(raw.lesion.sum())
-            meta["lesion_inside_brain_fraction"] = round(float((vol.lesion & vol.brain).sum()
-                                                               / max(vol.lesion.sum(), 1)), 4)
-        arrays = {"image": vol.image, "affine": vol.affine, "brain": vol.brain, "meta": np.array(json.dumps(meta))}
-        if vol.lesion is not None:
-            arrays["lesion"] = vol.lesion
+        std = add_brain_mask(std, subject.brain_method, strip_margin_mm)
         with atomic_path(cached) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-    meta = dict(meta, slices=select_slices(vol.brain, min_brain_fraction).tolist())
+                np.savez_compressed(fh, bits=np.packbits(std.brain), shape=np.array(std.brain.shape))
+    vol = finish(std, size)
+    meta: dict[str, Any] = {
+        "id": subject.id, "dataset": subject.dataset, "role": subject.role, "image_path": str(subject.image),
+        "image_sha256": digest, "brain_method": subject.brain_method,
+        "native_shape": list(raw.image.shape), "native_affine": raw.affine.tolist(),
+        "native_spacing_mm": [round(float(s), 4) for s in raw.spacing],
+        "slices": select_slices(vol.brain, min_brain_fraction).tolist(),
+    }
+    if vol.lesion is not None:
+        # How much of the real tumour the brain mask kept (skull stripping can cut surface lesions).
+        meta["lesion_inside_brain_fraction"] = round(float((std.lesion & std.brain).sum()
+                                                           / max(std.lesion.sum(), 1)), 4)
     return vol, meta
 
 
@@ -152,11 +154,16 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
     todo += [("donor", packaged(n, cache_dir)) for n in settings.paste_donors if n not in settings.tumour_sources]
     wrap = progress if progress is not None else (lambda x, **_: x)
     for split, subject in wrap(todo, desc="preprocessing"):
-        vol, meta = prepare_subject(subject, settings.image_size, settings.strip_margin_mm,
-                                    settings.min_brain_fraction, cache_dir)
-        prepared[subject.id] = (vol, meta)
+        prepared[subject.id] = prepare_subject(subject, settings.image_size, settings.strip_margin_mm,
+                                               settings.min_brain_fraction, cache_dir)
+    reference = None
+    if settings.histogram_standardisation:
+        # Reference deciles from the training brains only; every volume (training ones too) is mapped onto them.
+        reference = np.mean([brain_landmarks(prepared[s.id][0]) for s in subjects["train"]], axis=0)
+        prepared = {k: (match_landmarks(v, reference), m) for k, (v, m) in prepared.items()}
+    for split, subject in todo:
         if split != "donor":
-            _store(arrays, volumes, split, subject.id, vol, meta)
+            _store(arrays, volumes, split, subject.id, *prepared[subject.id])
     rng = np.random.default_rng(settings.seed)
     for host_name in settings.holdout_hosts:
         host, host_meta = prepared[host_name]
@@ -186,6 +193,7 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
                     for n in dict.fromkeys((*settings.healthy_sources, *settings.holdout_hosts,
                                             *settings.tumour_sources, *settings.paste_donors))},
         "split": {s: [v["id"] for v in volumes[s]] for s in SPLITS},
+        "intensity_reference_deciles": None if reference is None else [round(float(r), 4) for r in reference],
         "volumes": volumes,
         "counts": {s: {"volumes": len(volumes[s]), "slices": sum(len(v["slices"]) for v in volumes[s]),
                        "lesion_slices": sum(v.get("lesion_slices", 0) for v in volumes[s])} for s in SPLITS},

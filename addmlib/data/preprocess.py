@@ -205,26 +205,67 @@ def select_slices(brain: np.ndarray, min_fraction: float = 0.25) -> np.ndarray:
 BrainMaskMethod = Literal["given", "deepbet", "background"]
 
 
+def standardise(vol: Volume, spacing: float = 1.0) -> Volume:
+    """Native volume -> RAS axes at ``spacing`` mm isotropic."""
+    return resample_isotropic(to_ras(vol), spacing)
+
+
+def add_brain_mask(vol: Volume, method: BrainMaskMethod, strip_margin_mm: float = 2.0) -> Volume:
+    """Brain mask by ``method``: "given" (the volume's own), "deepbet" (skull stripping) or "background"."""
+    if method == "given":
+        if vol.brain is None:
+            raise ValueError("brain='given' but the volume has no brain mask")
+        return replace(vol, image=np.where(vol.brain, vol.image, vol.image.min()).astype(np.float32))
+    if method == "deepbet":
+        return skull_strip(vol, strip_margin_mm)
+    if method == "background":
+        return brain_from_background(vol)
+    raise ValueError(f"unknown brain mask method {method!r}")
+
+
+def finish(vol: Volume, size: int, low_pct: float = 1.0, high_pct: float = 99.0) -> Volume:
+    """Brain-masked standardised volume -> cropped, normalised N x N axial slices."""
+    return to_square_slices(normalise_intensity(crop_to_brain(vol), low_pct, high_pct), size)
+
+
 def preprocess(vol: Volume, size: int, brain: BrainMaskMethod, spacing: float = 1.0,
                strip_margin_mm: float = 2.0, low_pct: float = 1.0, high_pct: float = 99.0) -> Volume:
     """The full chain from a native-space volume to N x N axial slices (see the module docstring)."""
-    vol = resample_isotropic(to_ras(vol), spacing)
-    if brain == "given":
-        if vol.brain is None:
-            raise ValueError("brain='given' but the volume has no brain mask")
-        vol = replace(vol, image=np.where(vol.brain, vol.image, vol.image.min()).astype(np.float32))
-    elif brain == "deepbet":
-        vol = skull_strip(vol, strip_margin_mm)
-    elif brain == "background":
-        vol = brain_from_background(vol)
-    else:
-        raise ValueError(f"unknown brain mask method {brain!r}")
-    vol = crop_to_brain(vol)
-    vol = normalise_intensity(vol, low_pct, high_pct)
-    return to_square_slices(vol, size)
+    return finish(add_brain_mask(standardise(vol, spacing), brain, strip_margin_mm), size, low_pct, high_pct)
 
 
 def to_native(data: np.ndarray, affine: np.ndarray, native_affine: np.ndarray, native_shape: tuple[int, ...],
               order: int = 1) -> np.ndarray:
     """Resample a map on a preprocessed grid (``affine``) back onto the input's own voxel grid (0 outside)."""
     return to_grid(data.astype(np.float32), affine, native_affine, tuple(native_shape[:3]), order=order)
+
+
+LANDMARK_PERCENTILES = tuple(range(10, 100, 10))
+
+
+def brain_landmarks(vol: Volume, percentiles: tuple[int, ...] = LANDMARK_PERCENTILES) -> np.ndarray:
+    """Intensity percentiles (default the deciles 10..90) inside the brain mask."""
+    if vol.brain is None or not vol.brain.any():
+        raise ValueError("brain_landmarks needs a non-empty brain mask")
+    return np.percentile(vol.image[vol.brain], percentiles)
+
+
+def match_landmarks(vol: Volume, reference: np.ndarray) -> Volume:
+    """Histogram standardisation (Nyul & Udupa 1999, deciles as landmarks): map the volume's brain deciles piecewise
+    linearly onto ``reference`` (extrapolating the end segments), clip to [-1, 1]; background stays -1.
+
+    Deciles 10-90 ignore the brightest 10 %, so a contrast-enhancing tumour or vessels (a few % of the brain) do not
+    move the mapping, while the global contrast of a scan from another protocol is brought onto the training data's.
+    """
+    own = brain_landmarks(vol)
+    if np.any(np.diff(own) <= 0):
+        raise ValueError("brain intensity deciles are not increasing; cannot standardise this volume")
+    x = vol.image
+    out = np.interp(x, own, reference)
+    lo_slope = (reference[1] - reference[0]) / (own[1] - own[0])
+    hi_slope = (reference[-1] - reference[-2]) / (own[-1] - own[-2])
+    out = np.where(x < own[0], reference[0] + (x - own[0]) * lo_slope, out)
+    out = np.where(x > own[-1], reference[-1] + (x - own[-1]) * hi_slope, out)
+    out = np.clip(out, -1.0, 1.0)
+    out[~vol.brain] = -1.0
+    return replace(vol, image=out.astype(np.float32))
