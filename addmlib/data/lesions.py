@@ -58,25 +58,28 @@ def synthetic_lesion(vol: Volume, rng: np.random.Generator, radius_mm: tuple[flo
     if vol.brain is None:
         raise ValueError("synthetic_lesion needs a brain mask")
     shape = np.array(vol.image.shape)
-    radii = rng.uniform(*radius_mm, size=3)
-    centre = _random_brain_centre(vol.brain, rng, min_depth_vox=float(radii.min() / vol.spacing.max()))
-    rot = Rotation.random(random_state=rng).as_matrix()
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(np.float32)
-    offset_mm = (grid - centre) * vol.spacing  # (X, Y, Z, 3) in mm
-    local = offset_mm @ rot  # coordinates along the ellipsoid's axes
-    r = np.sqrt(((local / radii) ** 2).sum(-1))  # 1 on the ellipsoid surface
-    mask = (r <= 1.0) & vol.brain
-    if not mask.any():
-        raise ValueError("the lesion fell outside the brain")
-    mean, std = _local_tissue(vol, mask)
     sign = 1.0 if polarity == "hyper" else -1.0
-    level = mean + sign * rng.uniform(*contrast)
+    # Draw sites until the lesion can keep its contrast inside [-1, 1] (a hypo-intense lesion in CSF cannot).
+    for _ in range(50):
+        radii = rng.uniform(*radius_mm, size=3)
+        centre = _random_brain_centre(vol.brain, rng, min_depth_vox=float(radii.min() / vol.spacing.max()))
+        local = ((grid - centre) * vol.spacing) @ Rotation.random(random_state=rng).as_matrix()
+        mask = (np.sqrt(((local / radii) ** 2).sum(-1)) <= 1.0) & vol.brain
+        if not mask.any():
+            continue
+        mean, std = _local_tissue(vol, mask)
+        level = mean + sign * rng.uniform(*contrast)
+        if -0.95 <= level <= 0.95:
+            break
+    else:
+        raise ValueError(f"found no site for a {polarity}-intense lesion with contrast {contrast} in 50 draws")
     texture = ndimage.gaussian_filter(rng.standard_normal(vol.image.shape).astype(np.float32),
                                       sigma=1.5 / vol.spacing)
     texture /= texture[mask].std() + 1e-6
     inside = np.clip(level + 0.25 * std * texture, -1.0, 1.0)
-    # Soft rim outside the mask: alpha falls from 1 at the surface to 0 at rim_mm.
-    outside_mm = (r - 1.0) * float(radii.min())
+    # Soft rim outside the mask: alpha falls from 1/2 at the surface to 0 at rim_mm (partial-volume edge).
+    outside_mm = ndimage.distance_transform_edt(~mask, sampling=vol.spacing)
     alpha = np.where(mask, 1.0, np.clip(1.0 - outside_mm / rim_mm, 0.0, 1.0) * 0.5) * vol.brain
     image = (1 - alpha) * vol.image + alpha * inside
     image[~vol.brain] = vol.image[~vol.brain]
