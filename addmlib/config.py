@@ -9,6 +9,7 @@ an unknown or ill-typed parameter is an error that names it and where it came fr
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -219,9 +220,79 @@ class PrepareConfig:
                 raise ValueError(f"{what}_format and {what}_root must be given together (got {fmt!r}, {root!r})")
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """notebooks/02_train.ipynb and ``python -m addmlib.training``: ADDM (lambda_adv > 0) or DDPM (lambda_adv = 0).
+
+    Defaults are the paper's where it states them (Adam, lr 1e-4 x 0.999 every 200 epochs, batch 4, lambda 0.05,
+    3000 epochs); the choices it leaves open are documented in ``addmlib.training``.
+    """
+
+    run_dir: str = "../outputs/interactive"
+    model_name: str = "addm"
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+    image_size: int = 64
+    num_steps: int = 1000
+    schedule: Literal["linear", "cosine"] = "linear"
+    variance: Literal["beta", "beta_tilde"] = "beta_tilde"
+    noise: Literal["gaussian", "simplex"] = "gaussian"
+    simplex_octaves: int = 6
+    simplex_persistence: float = 0.8
+    simplex_frequency: float = 64.0
+    lambda_adv: float = 0.05
+    discriminator: Literal["paper", "conditional"] = "paper"
+    unet_base_channels: int = 32
+    unet_channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    unet_num_res_blocks: int = 1
+    unet_attention_resolutions: tuple[int, ...] = (8,)
+    unet_dropout: float = 0.0
+    disc_base_channels: int = 32
+    disc_channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    batch_size: int = 4
+    epochs: int = 3000
+    max_steps: int = 0
+    lr: float = 1e-4
+    lr_decay: float = 0.999
+    lr_decay_every_epochs: int = 200
+    d_lr: float = 1e-4
+    d_beta1: float = 0.5
+    d_steps: int = 1
+    adv_t_max: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    augment: bool = True
+    checkpoint_every: int = 200
+    log_every: int = 10
+    fresh: bool = False
+    t_star: int = 250
+    sample_steps: int = 50
+
+    def check(self) -> None:
+        positive = ("threads", "image_size", "num_steps", "batch_size", "epochs", "unet_base_channels",
+                    "disc_base_channels", "lr_decay_every_epochs", "d_steps", "checkpoint_every", "log_every",
+                    "sample_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size % (2 ** (len(self.unet_channel_mult) - 1)):
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2^(len(unet_channel_mult) - 1)")
+        if self.lambda_adv < 0 or self.lr <= 0 or self.d_lr <= 0 or self.max_steps < 0 or self.adv_t_max < 0:
+            raise ValueError("lambda_adv, max_steps, adv_t_max must be >= 0 and lr, d_lr > 0")
+        if not 0 < self.lr_decay <= 1 or not 0 <= self.ema_decay < 1 or not 0 <= self.unet_dropout < 1:
+            raise ValueError("lr_decay must be in (0, 1], ema_decay and unet_dropout in [0, 1)")
+        if not 1 <= self.t_star <= self.num_steps:
+            raise ValueError(f"t_star must be in [1, num_steps={self.num_steps}], got {self.t_star}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name):
+            raise ValueError(f"model_name {self.model_name!r} may only hold letters, digits, '_', '.', '-'")
+
+
 NOTEBOOK_CONFIGS: dict[str, type] = {
     "00_method": MethodConfig,
     "01_prepare_data": PrepareConfig,
+    "02_train": TrainConfig,
 }
 """Notebook stem -> its config, in pipeline order."""
 

@@ -31,9 +31,12 @@ def ddpm_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(eps_pred.float(), eps.float())
 
 
-def generator_adv_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating L_Adv = -log D(fake) = softplus(-logit), averaged over the batch."""
-    return F.softplus(-fake_logits.float()).mean()
+def generator_adv_loss(fake_logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Non-saturating L_Adv = -log D(fake) = softplus(-logit), averaged over the batch (or over ``weight`` > 0)."""
+    per_sample = F.softplus(-fake_logits.float())
+    if weight is None:
+        return per_sample.mean()
+    return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -63,12 +66,13 @@ def sample_timesteps(batch: int, num_steps: int, device: torch.device,
 
 def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, lam: float,
                          discriminator: Discriminator | None = None, t: torch.Tensor | None = None,
-                         noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None) -> ADDMTerms:
+                         noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
+                         adv_t_max: int | None = None) -> ADDMTerms:
     """L_ADDM = L_DDPM + lambda * L_Adv for one batch x0 (B, C, H, W) in [-1, 1].
 
     With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
-    required. The discriminator's own parameters receive gradients from ``total`` too: the caller keeps them out of
-    the U-Net's optimiser (the trainer zeroes them before D's update).
+    required. ``adv_t_max`` restricts L_Adv to the samples with t <= adv_t_max (None: every t). The discriminator's
+    parameters would receive gradients from ``total`` too: the trainer freezes them during the U-Net's update.
     """
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam}")
@@ -89,7 +93,8 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     # Real: forward-process x_{t-1}, drawn given the same x_t (marginally q(x_{t-1} | x_0)).
     real_prev = diffusion.q_posterior_sample(x0, x_t, t, noise_fn(x0, generator))
     cond = x_t if discriminator.config.conditional else None
-    l_adv = generator_adv_loss(discriminator(fake_prev, t, cond))
+    weight = None if adv_t_max is None else (t <= adv_t_max).float()
+    l_adv = generator_adv_loss(discriminator(fake_prev, t, cond), weight)
     return ADDMTerms(l_ddpm + lam * l_adv, l_ddpm, l_adv, t, x_t, real_prev.detach(), fake_prev.detach())
 
 
@@ -98,7 +103,7 @@ def discriminator_step_loss(discriminator: Discriminator, terms: ADDMTerms) -> t
     """D's BCE on the detached real/fake pair of ``terms``; also returns D's accuracy on real and on fake."""
     if terms.real_prev is None or terms.fake_prev is None:
         raise ValueError("no adversarial samples: lambda was 0")
-    cond = terms.x_t.detach() if discriminator.config.conditional else None
+    cond = terms.x_t.detach() if getattr(discriminator, "module", discriminator).config.conditional else None
     real_logits = discriminator(terms.real_prev, terms.t, cond)
     fake_logits = discriminator(terms.fake_prev, terms.t, cond)
     acc_real = (real_logits > 0).float().mean()

@@ -1,0 +1,420 @@
+"""The ADDM trainer (lambda_adv > 0) and the DDPM baseline (lambda_adv = 0): one code path.
+
+One step (Algorithm of the paper, Fig. 1, with the readings written out in ``addmlib.losses``):
+
+1. t ~ U{1..T}, eps ~ noise, x_t = q_sample(x_0, t, eps); L_DDPM = ||eps - eps_theta(x_t, t)||^2.
+2. lambda > 0: fake x_{t-1} = mu_theta(x_t, t) + sigma_t z (reparameterised); real x_{t-1} ~ q(x_{t-1} | x_t, x_0);
+   the U-Net minimises L_DDPM + lambda * (-log D(fake)) with D frozen, then D takes ``d_steps`` BCE steps on the
+   (detached) real/fake pair. lambda = 0 never builds D.
+3. EMA of the U-Net's weights (used for sampling and detection).
+
+Choices the paper leaves open, as parameters (``TrainConfig``) with these defaults and reasons:
+
+* D's optimiser: Adam, lr 1e-4, betas (0.5, 0.999): the usual GAN setting (DCGAN), same lr as the U-Net.
+* D steps per U-Net step: 1 (the paper's Fig. 1 shows one alternating update).
+* t range for L_Adv: every t (``adv_t_max = 0``); set it to t* to focus D on the depths detection uses.
+* Gradient clipping: global norm 1.0 on both networks (improved-diffusion clips at 1.0).
+* EMA rate: 0.999, because our runs are short (thousands of steps); 0.9999 suits paper-length runs.
+* "Epoch" = one pass over the training slices; the lr decays x0.999 every 200 epochs as in the paper.
+
+Checkpoints hold the U-Net, its EMA, D, both optimisers, the lr schedule, the step and every RNG state, are written
+atomically every ``checkpoint_every`` steps and at the end (the previous one is kept as ``checkpoint-prev.pt``), and
+are read with ``torch.load(weights_only=True)``. Starting again with the same folder resumes; the next step's loss is
+the same as in an uninterrupted run.
+
+Multi-process data parallel: ``torchrun --nproc_per_node N -m addmlib.training PARAMS.yaml --run-dir DIR`` (gloo on
+CPU, nccl on CUDA). Each rank takes a strided share of the same per-epoch permutation; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .config import TrainConfig, load_yaml, validate
+from .data.augment import Augment
+from .diffusion import GaussianDiffusion
+from .fileio import atomic_path, write_json_atomic
+from .losses import addm_generator_terms, discriminator_step_loss
+from .nets import Discriminator, DiscriminatorConfig, UNet, UNetConfig
+from .noise import make_noise
+from .provenance import write_run_record
+from .runtime import resolve_device, set_threads
+
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint-prev.pt"
+LOG = "train_log.jsonl"
+# Parameters that change what is learned: a resumed run must agree with its checkpoint on all of these.
+ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise", "simplex_octaves",
+                     "simplex_persistence", "simplex_frequency", "lambda_adv", "discriminator", "unet_base_channels",
+                     "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions", "unet_dropout",
+                     "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
+                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "grad_clip", "ema_decay",
+                     "amp", "augment", "seed")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the current configuration."""
+
+
+def model_dir(run_dir: str | Path, model_name: str) -> Path:
+    """Where a model's checkpoints, log and record live: ``<run_dir>/models/<model_name>``."""
+    return Path(run_dir).resolve() / "models" / model_name
+
+
+def build_unet(cfg: TrainConfig) -> UNet:
+    return UNet(UNetConfig(base_channels=cfg.unet_base_channels, channel_mult=tuple(cfg.unet_channel_mult),
+                           num_res_blocks=cfg.unet_num_res_blocks,
+                           attention_resolutions=tuple(cfg.unet_attention_resolutions), dropout=cfg.unet_dropout),
+                cfg.image_size)
+
+
+def build_discriminator(cfg: TrainConfig) -> Discriminator:
+    return Discriminator(DiscriminatorConfig(base_channels=cfg.disc_base_channels,
+                                             channel_mult=tuple(cfg.disc_channel_mult),
+                                             conditional=cfg.discriminator == "conditional"))
+
+
+def build_diffusion(cfg: TrainConfig) -> GaussianDiffusion:
+    return GaussianDiffusion(cfg.num_steps, cfg.schedule, cfg.variance)
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """JSON/checkpoint-safe dict (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; a clear error for a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, pickle.UnpicklingError, EOFError, zipfile errors...
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint (corrupt or truncated?): "
+                              f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(ckpt, dict) or "ema" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path}: not an addmlib training checkpoint")
+    return ckpt
+
+
+def load_ema_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, TrainConfig]:
+    """The EMA U-Net of a checkpoint (for sampling and detection) and the config it was trained with."""
+    ckpt = load_checkpoint(path, device)
+    cfg = validate(TrainConfig, ckpt["config"], f"{path} (config)")
+    unet = build_unet(cfg)
+    unet.load_state_dict(ckpt["ema"])
+    return unet.to(device).eval(), cfg
+
+
+class Trainer:
+    """Trains one model on a (N, 1, H, W) tensor of healthy slices in [-1, 1]."""
+
+    def __init__(self, cfg: TrainConfig, images: torch.Tensor, out_dir: str | Path,
+                 device: torch.device | None = None) -> None:
+        if images.dim() != 4 or images.shape[1] != 1 or images.shape[-1] != cfg.image_size:
+            raise ValueError(f"training images must be (N, 1, {cfg.image_size}, {cfg.image_size}), "
+                             f"got {tuple(images.shape)}")
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.device = device or resolve_device(cfg.device)
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp='fp16' needs CUDA; use 'bf16' on the CPU")
+        torch.manual_seed(cfg.seed)
+        self.images = images.to(self.device)
+        self.diffusion = build_diffusion(cfg)
+        self.noise_fn = make_noise(cfg.noise, cfg.simplex_octaves, cfg.simplex_persistence, cfg.simplex_frequency)
+        self.unet = build_unet(cfg).to(self.device)
+        self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.disc = build_discriminator(cfg).to(self.device) if cfg.lambda_adv > 0 else None
+        self.opt_g = torch.optim.Adam(self.unet.parameters(), lr=cfg.lr)
+        self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr, betas=(cfg.d_beta1, 0.999))
+                      if self.disc is not None else None)
+        per_rank = math.ceil(len(images) / self.world)
+        self.steps_per_epoch = max(1, per_rank // cfg.batch_size)
+        decay_steps = cfg.lr_decay_every_epochs * self.steps_per_epoch
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: cfg.lr_decay ** (s // decay_steps))
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # data order, t, noise and augmentation draws
+        self.augment = Augment() if cfg.augment else None
+        self.step = 0
+        self._perm: torch.Tensor | None = None
+        self.g_model: torch.nn.Module = self.unet
+        self.d_model: torch.nn.Module | None = self.disc
+        if self.world > 1:
+            self.g_model = DDP(self.unet)
+            self.d_model = DDP(self.disc) if self.disc is not None else None
+
+    # ----- state ----------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": 1, "config": config_dict(self.cfg), "step": self.step,
+            "unet": self.unet.state_dict(), "ema": self.ema.module.state_dict(),
+            "ema_n_averaged": self.ema.n_averaged.detach().cpu(),
+            "disc": self.disc.state_dict() if self.disc is not None else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict() if self.opt_d else None,
+            "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+            "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "perm": self._perm, "world_size": self.world,
+        }
+
+    def load_state(self, ckpt: dict[str, Any], source: str) -> None:
+        saved = ckpt["config"]
+        current = config_dict(self.cfg)
+        diff = [k for k in ARCHITECTURE_KEYS if saved.get(k) != current.get(k)]
+        if diff:
+            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
+            raise CheckpointError(f"{source}: was trained with other settings ({changes}); "
+                                  f"use another model_name or fresh=True")
+        if ckpt.get("world_size", 1) != self.world:
+            raise CheckpointError(f"{source}: written by {ckpt.get('world_size')} processes, resumed with {self.world}")
+        self.unet.load_state_dict(ckpt["unet"])
+        self.ema.module.load_state_dict(ckpt["ema"])
+        self.ema.n_averaged.copy_(ckpt["ema_n_averaged"])
+        if self.disc is not None:
+            self.disc.load_state_dict(ckpt["disc"])
+            self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.sched.load_state_dict(ckpt["sched"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.gen.set_state(ckpt["gen"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if torch.cuda.is_available() and ckpt["cuda_rng"]:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        self._perm = ckpt["perm"]
+        self.step = int(ckpt["step"])
+
+    def save(self) -> Path:
+        """Atomic checkpoint (rank 0); the previous checkpoint is kept as checkpoint-prev.pt."""
+        path = self.out / CHECKPOINT
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            state = self.state()
+            if path.is_file():
+                os.replace(path, self.out / PREVIOUS)
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+        return path
+
+    def resume(self) -> bool:
+        """Load the latest readable checkpoint of ``out``; False when there is none. A corrupt latest checkpoint
+        falls back to the previous one, with a warning naming the corrupt file."""
+        latest, previous = self.out / CHECKPOINT, self.out / PREVIOUS
+        errors = []
+        for path in (latest, previous):
+            if not path.is_file():
+                continue
+            try:
+                self.load_state(load_checkpoint(path, self.device), str(path))
+            except CheckpointError as exc:
+                if "other settings" in str(exc) or "processes" in str(exc):
+                    raise
+                errors.append(str(exc))
+                print(f"warning: {exc}; trying the previous checkpoint", file=sys.stderr)
+                continue
+            self._truncate_log()
+            return True
+        if errors:
+            raise CheckpointError("no readable checkpoint: " + " | ".join(errors))
+        return False
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+        log = self.out / LOG
+        if self.rank != 0 or not log.is_file():
+            return
+        keep = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+        with atomic_path(log) as tmp:
+            tmp.write_text("".join(line + "\n" for line in keep))
+
+    # ----- training -------------------------------------------------------------------------------------------
+    def _batch(self) -> torch.Tensor:
+        epoch, within = divmod(self.step, self.steps_per_epoch)
+        if within == 0 or self._perm is None:
+            self._perm = torch.randperm(len(self.images), generator=self.gen)
+        mine = self._perm[self.rank::self.world]
+        idx = mine[within * self.cfg.batch_size:(within + 1) * self.cfg.batch_size]
+        x = self.images[idx.to(self.images.device)]
+        if self.augment is not None:
+            x = self.augment(x, self.gen)
+        return x
+
+    def _autocast(self):
+        if self.cfg.amp == "off":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def train_step(self) -> dict[str, float]:
+        """One U-Net update (and D updates when lambda > 0); returns the logged quantities."""
+        cfg = self.cfg
+        self.unet.train()
+        x0 = self._batch()
+        if self.disc is not None:
+            self.disc.requires_grad_(False)  # D is judged, not trained, in the U-Net's update (unwrapped: no sync)
+        with self._autocast():
+            terms = addm_generator_terms(self.g_model, self.diffusion, x0, cfg.lambda_adv, self.disc, t=None,
+                                         noise_fn=self._noise, generator=self.gen,
+                                         adv_t_max=cfg.adv_t_max or None)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        self.scaler.unscale_(self.opt_g)
+        g_norm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.sched.step()
+        self.ema.update_parameters(self.unet)
+        out = {"loss": terms.total.item(), "l_ddpm": terms.ddpm.item(), "l_adv": terms.adv.item(),
+               "grad_norm": float(g_norm), "lr": self.sched.get_last_lr()[0]}
+        if self.disc is not None:
+            self.disc.requires_grad_(True)
+            for _ in range(cfg.d_steps):
+                with self._autocast():
+                    d_loss, acc_real, acc_fake = discriminator_step_loss(self.d_model, terms)
+                self.opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.disc.parameters(), cfg.grad_clip)
+                self.opt_d.step()
+            out.update(d_loss=d_loss.item(), d_acc_real=acc_real.item(), d_acc_fake=acc_fake.item())
+        self.step += 1
+        return out
+
+    def _noise(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Noise drawn on the CPU generator (reproducible, resumable), then moved to the device."""
+        if like.device.type == "cpu":
+            return self.noise_fn(like, generator)
+        return self.noise_fn(torch.empty(like.shape, dtype=like.dtype), self.gen).to(like.device)
+
+    def fit(self, progress: Callable[..., Any] | None = None, stop_after: int | None = None) -> dict[str, Any]:
+        """Train until ``total_steps`` (or ``stop_after`` more steps); checkpoint and log as configured."""
+        cfg = self.cfg
+        end = self.total_steps if stop_after is None else min(self.total_steps, self.step + stop_after)
+        bar = progress(total=self.total_steps, initial=self.step, desc=f"train {cfg.model_name}",
+                       disable=self.rank != 0) if progress else None
+        log = self.out / LOG
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        t_last, s_last = time.perf_counter(), self.step
+        while self.step < end:
+            metrics = self.train_step()
+            if not all(math.isfinite(v) for v in metrics.values()):
+                raise FloatingPointError(f"step {self.step}: non-finite training quantity {metrics}; lower lr or "
+                                         f"turn amp off")
+            if bar is not None:
+                bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == end:
+                now = time.perf_counter()
+                metrics.update(step=self.step, epoch=self.step / self.steps_per_epoch,
+                               steps_per_s=(self.step - s_last) / max(now - t_last, 1e-9))
+                t_last, s_last = now, self.step
+                if self.rank == 0:
+                    with open(log, "a") as fh:
+                        fh.write(json.dumps(metrics) + "\n")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{metrics['l_ddpm']:.4f}")
+            if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                self.save()
+        if bar is not None:
+            bar.close()
+        return {"step": self.step, "total_steps": self.total_steps, "checkpoint": str(self.out / CHECKPOINT)}
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The JSONL training log as a list of dicts."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def train(cfg: TrainConfig, images: np.ndarray | torch.Tensor, progress: Callable[..., Any] | None = None,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train (or resume, or find finished) the model ``cfg.model_name`` of ``cfg.run_dir`` on ``images``.
+
+    Writes ``checkpoint.pt``, ``train_log.jsonl``, ``run.json`` and ``model.json`` (what the evaluation reads) into
+    ``<run_dir>/models/<model_name>/``.
+    """
+    started = dt.datetime.now(dt.timezone.utc)
+    set_threads(cfg.threads)
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32) if not torch.is_tensor(images) else images).float()
+    if x.dim() == 3:
+        x = x[:, None]
+    out = model_dir(cfg.run_dir, cfg.model_name)
+    trainer = Trainer(cfg, x, out)
+    if cfg.fresh and trainer.rank == 0:
+        for name in (CHECKPOINT, PREVIOUS, LOG):
+            (out / name).unlink(missing_ok=True)
+    resumed_from = trainer.step if (not cfg.fresh and trainer.resume()) else None
+    t0 = time.perf_counter()
+    result = trainer.fit(progress, stop_after)
+    result.update(resumed_from=resumed_from, wall_time_s=round(time.perf_counter() - t0, 2),
+                  steps_per_epoch=trainer.steps_per_epoch, train_slices=len(x), world_size=trainer.world,
+                  device=str(trainer.device), finished=trainer.step >= trainer.total_steps)
+    if trainer.rank == 0:
+        peak = _peak_memory_mb(trainer.device)
+        result["peak_memory_mb"] = peak
+        write_json_atomic(out / "model.json", {"checkpoint": str(out / CHECKPOINT), "config": config_dict(cfg),
+                                               **{k: v for k, v in result.items() if k != "checkpoint"}})
+        write_run_record(out / "run.json", config_dict(cfg), cfg.seed, started)
+    return result
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, else the resident-set high-water mark."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``[torchrun ...] python -m addmlib.training PARAMS.yaml --run-dir DIR``: train on ``DIR/data`` (prepared by
+    notebooks/01_prepare_data.ipynb) with the training parameters of PARAMS.yaml."""
+    from .data.prepare import PreparedDataset
+
+    parser = argparse.ArgumentParser(prog="python -m addmlib.training", description=main.__doc__)
+    parser.add_argument("params")
+    parser.add_argument("--run-dir", required=True)
+    args = parser.parse_args(argv)
+    params = load_yaml(args.params)
+    own = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = validate(TrainConfig, {**{k: v for k, v in params.items() if k in own}, "run_dir": args.run_dir},
+                   args.params)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        device = resolve_device(cfg.device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    try:
+        images = PreparedDataset(Path(args.run_dir) / "data").slices("train")["image"]
+        result = train(cfg, images)
+        if not distributed or dist.get_rank() == 0:
+            print(json.dumps(result))
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
