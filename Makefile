@@ -1,5 +1,6 @@
 # addm-workbench: the two commands of the README, each complete on a fresh machine.
-#   make demo   create .venv, install, run the demo pipeline (params/demo.yaml) into outputs/demo/
+#   make demo   create .venv, install, run the demo pipeline (params/demo.yaml) into outputs/demo/, then train the
+#               DDPM baseline (params/ddpm.yaml layered on the demo set) into the same run folder
 #   make test   create .venv, install, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,9 +18,11 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(PY) -m addmlib.pipeline params/demo.yaml
+	$(PY) -m addmlib.pipeline params/demo.yaml params/ddpm.yaml --run-dir outputs/demo --notebooks 02_train
 
 ci-params: setup
 	$(PY) -m addmlib.pipeline params/ci.yaml
+	$(PY) -m addmlib.pipeline params/ci.yaml params/ddpm.yaml --run-dir outputs/ci --notebooks 02_train
 
 test: setup
 	$(PY) -m pytest

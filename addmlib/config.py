@@ -289,10 +289,50 @@ class TrainConfig:
             raise ValueError(f"model_name {self.model_name!r} may only hold letters, digits, '_', '.', '-'")
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """notebooks/03_evaluate.ipynb: anomaly maps, thresholds calibrated on healthy data, Table-1-style metrics."""
+
+    run_dir: str = "../outputs/interactive"
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+    models: tuple[str, ...] = ("addm", "ddpm")
+    autoencoder: bool = True
+    ae_steps: int = 1500
+    t_star: int = 250
+    sample_steps: int = 50
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    eval_noise: Literal["model", "gaussian", "simplex"] = "model"
+    draws: int = 1
+    eval_batch_size: int = 16
+    slice_stride: int = 1
+    eval_sets: tuple[str, ...] = ("eval_a", "eval_b")
+    fpr: float = 0.05
+    brain_erode_mm: float = 3.0
+    median_size: int = 3
+    min_component_voxels: int = 5
+    anoddpm_protocol: bool = True
+    write_nifti: bool = True
+
+    def check(self) -> None:
+        for name in ("threads", "ae_steps", "t_star", "sample_steps", "draws", "eval_batch_size", "slice_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.fpr < 1:
+            raise ValueError(f"fpr must be in (0, 1), got {self.fpr}")
+        bad = [s for s in self.eval_sets if s not in ("eval_a", "eval_b")]
+        if bad or not self.eval_sets:
+            raise ValueError(f"eval_sets must be a non-empty list of 'eval_a', 'eval_b'; got {list(self.eval_sets)}")
+        if not self.models and not self.autoencoder:
+            raise ValueError("nothing to evaluate: models is empty and autoencoder is false")
+
+
 NOTEBOOK_CONFIGS: dict[str, type] = {
     "00_method": MethodConfig,
     "01_prepare_data": PrepareConfig,
     "02_train": TrainConfig,
+    "03_evaluate": EvalConfig,
 }
 """Notebook stem -> its config, in pipeline order."""
 

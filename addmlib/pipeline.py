@@ -65,21 +65,30 @@ def plan(params: Mapping[str, Any], notebooks: Sequence[str], run_dir: Path, sou
     return steps
 
 
-def run(params_file: str | Path, run_dir: str | Path | None = None, notebooks: Sequence[str] | None = None,
-        cell_timeout: int = 3600) -> Path:
+def load_params(files: Sequence[str | Path]) -> dict[str, Any]:
+    """Merge flat YAML parameter files; later files override earlier ones (like ``papermill -f a.yaml -f b.yaml``)."""
+    params: dict[str, Any] = {}
+    for f in files:
+        params.update(load_yaml(f))
+    return params
+
+
+def run(params_files: str | Path | Sequence[str | Path], run_dir: str | Path | None = None,
+        notebooks: Sequence[str] | None = None, cell_timeout: int = 3600) -> Path:
     """Execute the pipeline; returns the run folder. Raises on the first failing notebook (its output is kept)."""
     import papermill
 
-    params_file = Path(params_file)
-    params = load_yaml(params_file)
+    files = [Path(params_files)] if isinstance(params_files, (str, Path)) else [Path(f) for f in params_files]
+    params = load_params(files)
+    params_file = " + ".join(map(str, files))
     names = list(notebooks) if notebooks else list(NOTEBOOK_CONFIGS)
-    folder = Path(run_dir) if run_dir else REPO_ROOT / "outputs" / params_file.stem
+    folder = Path(run_dir) if run_dir else REPO_ROOT / "outputs" / files[0].stem
     folder = folder.resolve()
-    steps = plan(params, names, folder, str(params_file))
+    steps = plan(params, names, folder, params_file)
     folder.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
-    write_run_record(folder / "run.json", {"params_file": str(params_file), **params}, params.get("seed"), started)
-    status: dict[str, Any] = {"params_file": str(params_file), "cell_timeout_s": cell_timeout, "notebooks": []}
+    write_run_record(folder / "run.json", {"params_file": params_file, **params}, params.get("seed"), started)
+    status: dict[str, Any] = {"params_file": params_file, "cell_timeout_s": cell_timeout, "notebooks": []}
     for step in steps:
         out = folder / "notebooks" / step.path.name
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,14 +107,15 @@ def run(params_file: str | Path, run_dir: str | Path | None = None, notebooks: S
             raise RuntimeError(f"notebook {step.name} failed; the executed notebook with the error is {out}") from exc
         entry.update(status="ok", wall_time_s=round(time.perf_counter() - t0, 2))
         write_json_atomic(folder / "pipeline.json", status)
-    write_run_record(folder / "run.json", {"params_file": str(params_file), **params}, params.get("seed"), started)
+    write_run_record(folder / "run.json", {"params_file": params_file, **params}, params.get("seed"), started)
     return folder
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m addmlib.pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("params", help="flat YAML parameter file, e.g. params/demo.yaml")
-    parser.add_argument("--run-dir", help="run folder (default: outputs/<params file stem>)")
+    parser.add_argument("params", nargs="+", help="flat YAML parameter file(s), e.g. params/demo.yaml; later files "
+                        "override earlier ones (params/demo.yaml params/ddpm.yaml trains the DDPM baseline)")
+    parser.add_argument("--run-dir", help="run folder (default: outputs/<first params file stem>)")
     parser.add_argument("--notebooks", help="comma-separated notebook names to run (default: the whole pipeline: "
                         + ", ".join(NOTEBOOK_CONFIGS) + ")")
     parser.add_argument("--cell-timeout", type=int, default=3600, help="seconds one cell may run (default 3600)")

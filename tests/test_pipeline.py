@@ -40,6 +40,11 @@ def test_plan_passes_each_notebook_only_its_parameters(tmp_path):
     assert steps[0].params == {"image_size": 32, "seed": 3, "run_dir": str(tmp_path)}
 
 
+def test_later_parameter_files_override_earlier_ones():
+    params = pipeline.load_params([ROOT / "params" / "demo.yaml", ROOT / "params" / "ddpm.yaml"])
+    assert params["lambda_adv"] == 0.0 and params["model_name"] == "ddpm" and params["image_size"] == 64
+
+
 def test_cli_reports_bad_parameter_file(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("image_sise: 32\n")

@@ -1,0 +1,212 @@
+"""Evaluation protocol: score the prepared sets with one model, calibrate on healthy data, measure, write maps.
+
+For each model:
+
+1. Score the healthy validation brains (never trained on) and post-process their maps exactly like the test maps.
+   The decision threshold is the one with a chosen false-positive rate (``fpr``) on those healthy brain voxels:
+   nothing from the evaluation sets is used to pick it.
+2. Score every volume of each evaluation set, post-process, and accumulate a streaming histogram of scores of
+   lesion and non-lesion brain voxels: pooled AUROC, AUPRC and best-possible Dice (an upper bound, *tuned on the test
+   set*, reported as such), and Dice / IoU / precision / recall at the calibrated threshold.
+3. Per volume and per lesion slice the same metrics, summarised as mean +- std.
+4. Optionally the AnoDDPM protocol: squared error, threshold 0.5, per-slice AUROC averaged over slices holding
+   lesion, with precision and recall as defined (AnoDDPM's code swaps them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from .data.prepare import PreparedDataset, PreparedVolume
+from .detect import score_volume, to_native_nifti
+from .diffusion import GaussianDiffusion, SamplerName
+from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
+from .noise import make_noise
+from .post_processing import median_filter, remove_small_components, restrict_to_brain
+from .training import build_diffusion, load_ema_unet
+
+SCORE_RANGE = (0.0, 2.0)  # |x - x_hat| for images in [-1, 1]
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """Switches for ``post_processing``; erode_mm = 0, median_size <= 1, min_component_voxels <= 1 turn steps off."""
+
+    erode_mm: float = 3.0
+    median_size: int = 3
+    min_component_voxels: int = 5
+
+
+@dataclass
+class ScoredVolume:
+    """A volume's scored slices (compact: N x N x S), after post-processing."""
+
+    id: str
+    split: str
+    slices: np.ndarray
+    image: np.ndarray
+    reconstruction: np.ndarray
+    amap: np.ndarray
+    squared: np.ndarray
+    brain: np.ndarray
+    lesion: np.ndarray
+    volume: PreparedVolume = field(repr=False)
+
+
+Scorer = Callable[[PreparedVolume, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def diffusion_scorer(checkpoint: str | Path, t_star: int, steps: int, sampler: SamplerName, noise: str,
+                     draws: int, batch_size: int, seed: int, device: torch.device) -> tuple[Scorer, dict[str, Any]]:
+    """A scorer (volume, slices) -> (reconstruction, |x - x_hat|, (x - x_hat)^2) for a trained diffusion model."""
+    unet, cfg = load_ema_unet(checkpoint, device)
+    diffusion: GaussianDiffusion = build_diffusion(cfg)
+    if not 1 <= t_star <= cfg.num_steps:
+        raise ValueError(f"t_star {t_star} is outside [1, T={cfg.num_steps}] of {checkpoint}")
+    noise_name = cfg.noise if noise == "model" else noise
+    noise_fn = make_noise(noise_name, cfg.simplex_octaves, cfg.simplex_persistence, cfg.simplex_frequency)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s = score_volume(unet, diffusion, vol.image, slices, t_star, min(steps, t_star), sampler, noise_fn, draws,
+                         batch_size, gen, device)
+        return s.reconstruction, s.abs_error, s.squared_error
+
+    info = {"kind": "diffusion", "checkpoint": str(checkpoint), "T": cfg.num_steps, "t_star": t_star,
+            "steps": min(steps, t_star), "sampler": sampler, "noise": noise_name, "draws": draws,
+            "lambda_adv": cfg.lambda_adv, "train_seed": cfg.seed, "eval_seed": seed}
+    return score, info
+
+
+def post_process(amap: np.ndarray, brain: np.ndarray, spacing: np.ndarray, pp: PostProcessing) -> np.ndarray:
+    """Median filter, then restriction to the eroded brain (both on the compact stack of scored slices)."""
+    return restrict_to_brain(median_filter(amap, pp.median_size), brain, pp.erode_mm, tuple(spacing))
+
+
+def score_split(scorer: Scorer, volumes: Iterable[PreparedVolume], slice_stride: int, pp: PostProcessing,
+                progress: Callable[..., Any] | None = None) -> list[ScoredVolume]:
+    """Score every ``slice_stride``-th selected slice of each volume and post-process the maps."""
+    vols = list(volumes)
+    out = []
+    for vol in (progress(vols, desc="scoring") if progress else vols):
+        slices = vol.slices[::slice_stride]
+        rec, err, sq = scorer(vol, slices)
+        spacing = np.sqrt((vol.affine[:3, :3] ** 2).sum(0))
+        spacing[2] *= slice_stride
+        brain = vol.brain[:, :, slices]
+        lesion = vol.lesion[:, :, slices] if vol.lesion is not None else np.zeros_like(brain)
+        amap = post_process(err[:, :, slices], brain, spacing, pp)
+        out.append(ScoredVolume(vol.id, vol.split, slices, vol.image[:, :, slices], rec[:, :, slices], amap,
+                                sq[:, :, slices], brain, lesion, vol))
+    return out
+
+
+def calibrate(healthy: list[ScoredVolume], fpr: float) -> tuple[float, BinnedScores]:
+    """Threshold with false-positive rate ``fpr`` on the healthy brain voxels of ``healthy``."""
+    hist = BinnedScores(*SCORE_RANGE)
+    for v in healthy:
+        hist.update(v.amap, np.zeros_like(v.brain), v.brain)
+    return calibrate_threshold(hist, fpr), hist
+
+
+def measure(scored: list[ScoredVolume], threshold: float, pp: PostProcessing,
+            anoddpm: bool = True) -> dict[str, Any]:
+    """Pooled and per-volume/per-slice metrics of one evaluation set at ``threshold`` (see the module docstring)."""
+    pooled = BinnedScores(*SCORE_RANGE)
+    tp = fp = fn = 0
+    per_volume, per_slice_dice, slice_auc, a_counts = [], [], [], [0, 0, 0]
+    for v in scored:
+        region = v.brain
+        pred = remove_small_components((v.amap >= threshold) & region, pp.min_component_voxels)
+        c = confusion(pred[region], v.lesion[region])
+        tp, fp, fn = tp + c[0], fp + c[1], fn + c[2]
+        hist = BinnedScores(*SCORE_RANGE, bins=2000)
+        hist.update(v.amap, v.lesion, region)
+        pooled.update(v.amap, v.lesion, region)
+        per_volume.append({"id": v.id, **overlap_metrics(*c[:3]), "auroc": hist.auroc(), "auprc": hist.auprc(),
+                           "best_dice": hist.best_dice()[0], "lesion_voxels": int(v.lesion.sum())})
+        for k in range(v.lesion.shape[2]):
+            if v.lesion[:, :, k].any():
+                per_slice_dice.append(overlap_metrics(*confusion(pred[:, :, k], v.lesion[:, :, k])[:3])["dice"])
+        if anoddpm:
+            sq_pred = v.squared >= 0.5
+            a = confusion(sq_pred & region, v.lesion & region)
+            a_counts = [a_counts[0] + a[0], a_counts[1] + a[1], a_counts[2] + a[2]]
+            for k in range(v.lesion.shape[2]):
+                if v.lesion[:, :, k].any():
+                    h = BinnedScores(0.0, 4.0, bins=2000)
+                    h.update(v.squared[:, :, k], v.lesion[:, :, k], region[:, :, k])
+                    slice_auc.append(h.auroc())
+    best, best_thr = pooled.best_dice()
+    result: dict[str, Any] = {
+        "pooled": {**overlap_metrics(tp, fp, fn), "auroc": pooled.auroc(), "auprc": pooled.auprc(),
+                   "best_dice": best, "best_dice_threshold": best_thr, "threshold": threshold,
+                   "lesion_voxels": int(pooled.pos.sum()), "healthy_voxels": int(pooled.neg.sum())},
+        "per_volume": per_volume,
+        "per_volume_summary": {k: mean_std([p[k] for p in per_volume])
+                               for k in ("dice", "iou", "precision", "recall", "auroc", "auprc", "best_dice")},
+        "per_slice_dice": mean_std(per_slice_dice) + (len(per_slice_dice),),
+        "curves": {"roc": [a.tolist() for a in _thin(*pooled.roc_curve())],
+                   "pr": [a.tolist() for a in _thin(*pooled.pr_curve())]},
+    }
+    if anoddpm:
+        result["anoddpm"] = {**overlap_metrics(*a_counts), "per_slice_auroc": mean_std(slice_auc)}
+    return result
+
+
+def _thin(x: np.ndarray, y: np.ndarray, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``n`` points of a curve, for plotting and JSON."""
+    if len(x) <= n:
+        return x, y
+    idx = np.unique(np.linspace(0, len(x) - 1, n).round().astype(int))
+    return x[idx], y[idx]
+
+
+def write_maps(scored: ScoredVolume, out_dir: Path, native: bool) -> list[Path]:
+    """NIfTI files of one volume on the preprocessed grid (input, reconstruction, map, lesion, brain; unscored slices
+    are 0) and, when ``native`` and the volume came from a real scan, the map on the input's own grid."""
+    vol = scored.volume
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full = {name: np.zeros(vol.image.shape, dtype=np.float32) for name in ("recon", "map")}
+    full["recon"][:, :, scored.slices] = scored.reconstruction
+    full["map"][:, :, scored.slices] = scored.amap
+    written = []
+    arrays = {"input": vol.image, "recon": full["recon"], "map": full["map"], "brain": vol.brain.astype(np.uint8)}
+    if vol.lesion is not None:
+        arrays["lesion"] = vol.lesion.astype(np.uint8)
+    for name, arr in arrays.items():
+        path = out_dir / f"{scored.id}_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, vol.affine), str(path))
+        written.append(path)
+    if native and "native_affine" in vol.meta and not vol.meta.get("synthetic"):
+        path = out_dir / f"{scored.id}_map_native.nii.gz"
+        to_native_nifti(full["map"], vol.affine, np.asarray(vol.meta["native_affine"]),
+                        tuple(vol.meta["native_shape"]), path)
+        written.append(path)
+    return written
+
+
+def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[str], slice_stride: int, fpr: float,
+                   pp: PostProcessing, anoddpm: bool, maps_dir: Path | None,
+                   progress: Callable[..., Any] | None = None) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
+    """Calibrate on ``val_healthy``, then measure each set; returns (metrics, scored volumes per split)."""
+    healthy = score_split(scorer, data.volumes("val_healthy"), slice_stride, pp, progress)
+    threshold, hist = calibrate(healthy, fpr)
+    results: dict[str, Any] = {"threshold": threshold, "fpr_target": fpr,
+                               "healthy_fpr_achieved": float(hist.neg[np.searchsorted(hist.edges, threshold):].sum()
+                                                             / max(hist.neg.sum(), 1))}
+    scored = {"val_healthy": healthy}
+    for split in eval_sets:
+        vols = score_split(scorer, data.volumes(split), slice_stride, pp, progress)
+        scored[split] = vols
+        results[split] = measure(vols, threshold, pp, anoddpm)
+        if maps_dir is not None:
+            for v in vols:
+                write_maps(v, maps_dir / split, native=split == "eval_a")
+    return results, scored

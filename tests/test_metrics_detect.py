@@ -1,0 +1,134 @@
+"""Metrics against scikit-learn, threshold calibration, post-processing, NIfTI maps in native space."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, f1_score, jaccard_score, precision_score, recall_score, \
+    roc_auc_score
+
+from addmlib.detect import score_volume, to_native_nifti
+from addmlib.diffusion import GaussianDiffusion
+from addmlib.metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
+from addmlib.post_processing import median_filter, remove_small_components, restrict_to_brain
+from tests.test_data_preprocess import _phantom
+from addmlib.data.preprocess import preprocess
+
+
+def _scores(n=200_000, seed=0, pos_frac=0.05):
+    rng = np.random.default_rng(seed)
+    gt = rng.random(n) < pos_frac
+    scores = np.clip(rng.normal(0.4, 0.15, n) + gt * rng.normal(0.25, 0.15, n), 0, 2)
+    return scores, gt
+
+
+def test_binned_auroc_and_ap_match_sklearn():
+    scores, gt = _scores()
+    h = BinnedScores(0, 2, bins=20000)
+    for part in np.array_split(np.arange(len(gt)), 7):  # streaming in chunks
+        h.update(scores[part], gt[part])
+    assert h.auroc() == pytest.approx(roc_auc_score(gt, scores), abs=2e-4)
+    assert h.auprc() == pytest.approx(average_precision_score(gt, scores), abs=2e-3)
+
+
+def test_overlap_metrics_match_sklearn_and_are_not_swapped():
+    rng = np.random.default_rng(1)
+    gt = rng.random(5000) < 0.1
+    pred = gt ^ (rng.random(5000) < 0.05)
+    m = overlap_metrics(*confusion(pred, gt)[:3])
+    assert m["dice"] == pytest.approx(f1_score(gt, pred))
+    assert m["iou"] == pytest.approx(jaccard_score(gt, pred))
+    assert m["precision"] == pytest.approx(precision_score(gt, pred))
+    assert m["recall"] == pytest.approx(recall_score(gt, pred))
+    # a prediction covering everything: recall 1, precision = prevalence
+    allpos = overlap_metrics(*confusion(np.ones_like(gt), gt)[:3])
+    assert allpos["recall"] == 1 and allpos["precision"] == pytest.approx(gt.mean())
+
+
+def test_edge_cases():
+    h = BinnedScores()
+    h.update(np.full(100, 0.3), np.zeros(100, bool))
+    assert np.isnan(h.auroc()) and np.isnan(h.auprc()), "no positives: undefined, not a number"
+    c = BinnedScores()
+    gt = np.arange(100) < 10
+    c.update(np.full(100, 0.7), gt)
+    assert c.auroc() == pytest.approx(0.5) and c.auprc() == pytest.approx(0.1)
+    assert overlap_metrics(0, 0, 0) == {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}
+    assert overlap_metrics(0, 5, 0)["dice"] == 0.0
+    with pytest.raises(ValueError, match="NaN"):
+        h.update(np.array([np.nan]), np.array([True]))
+    with pytest.raises(ValueError, match="shape"):
+        confusion(np.zeros(3, bool), np.zeros(4, bool))
+    assert mean_std([1.0, 3.0, float("nan")]) == (2.0, 1.0)
+
+
+def test_best_dice_is_the_maximum_over_thresholds():
+    scores, gt = _scores(20000)
+    h = BinnedScores(0, 2, bins=400)
+    h.update(scores, gt)
+    best, thr = h.best_dice()
+    brute = max(f1_score(gt, scores >= t) for t in h.edges[::5])
+    assert best >= brute - 1e-9 and best == pytest.approx(f1_score(gt, scores >= thr), abs=1e-3)
+
+
+@pytest.mark.parametrize("fpr", [0.01, 0.05])
+def test_calibrated_threshold_gives_the_requested_fpr_on_healthy_data(fpr):
+    rng = np.random.default_rng(2)
+    healthy = np.abs(rng.normal(0, 0.2, 500_000))
+    h = BinnedScores(0, 2, bins=20000)
+    h.update(healthy, np.zeros(len(healthy), bool))
+    thr = calibrate_threshold(h, fpr)
+    assert (healthy >= thr).mean() == pytest.approx(fpr, abs=0.002)
+    fresh = np.abs(rng.normal(0, 0.2, 500_000))  # new healthy data from the same law
+    assert (fresh >= thr).mean() == pytest.approx(fpr, abs=0.003)
+
+
+def test_post_processing_on_blobs():
+    vol = np.zeros((20, 20, 20), np.float32)
+    vol[5:10, 5:10, 5:10] = 1.0  # a 125-voxel blob
+    vol[15, 15, 15] = 1.0  # an isolated voxel
+    brain = np.zeros_like(vol, bool)
+    brain[3:18, 3:18, 3:18] = True
+    pred = remove_small_components(vol > 0.5, 10)
+    assert pred.sum() == 125 and not pred[15, 15, 15]
+    med = median_filter(vol, 3)
+    assert med[15, 15, 15] == 0 and med[7, 7, 7] == 1
+    r = restrict_to_brain(vol, brain, erode_mm=3.0)
+    assert r[15, 15, 15] == 0 and r[7, 7, 7] == 1 and r[5, 5, 5] == 0  # 5 is within 3 mm of the brain's edge
+    assert np.array_equal(restrict_to_brain(vol, brain), np.where(brain, vol, 0))
+
+
+@pytest.mark.parametrize("codes, zooms", [("LPS", (0.9, 0.9, 1.4)), ("PIR", (1.0, 1.0, 1.3)),
+                                          ("RAS", (1.2, 0.8, 2.0))])
+def test_nifti_map_has_the_input_shape_and_affine(tmp_path, codes, zooms):
+    vol = _phantom(codes=codes, zooms=zooms)
+    out = preprocess(vol, 32, "given")
+    amap = out.lesion.astype(np.float32)  # a "map" that lights up exactly the lesion
+    path = to_native_nifti(amap, out.affine, vol.affine, vol.image.shape, tmp_path / "map.nii.gz")
+    img = nib.load(str(path))
+    assert img.shape == vol.image.shape and np.allclose(img.affine, vol.affine)
+    back = np.asarray(img.dataobj) > 0.5
+    assert 2 * (back & vol.lesion).sum() / (back.sum() + vol.lesion.sum()) > 0.6
+
+
+def test_score_volume_with_an_oracle_model_finds_the_difference():
+    """A 'model' that always predicts the noise of a healthy reference reconstructs the reference: the map is the
+    difference between the volume and the reference."""
+    d = GaussianDiffusion(100)
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(-0.5, 0.5, (16, 16, 6)).astype(np.float32)
+    vol = ref.copy()
+    vol[4:8, 4:8, 2] += 0.4
+
+    def make_oracle(batch_ref):
+        def eps_model(xt, t):
+            ab = d.alphas_cumprod[t].reshape(-1, 1, 1, 1).float()
+            return (xt - ab.sqrt() * batch_ref[: len(xt)]) / (1 - ab).sqrt()
+        return eps_model
+
+    slices = np.array([1, 2, 3])
+    batch_ref = torch.from_numpy(ref[:, :, slices].transpose(2, 0, 1))[:, None]
+    s = score_volume(make_oracle(batch_ref), d, vol, slices, 25, 5, "ddim", batch_size=8)
+    assert np.allclose(s.abs_error[4:8, 4:8, 2], 0.4, atol=1e-4)
+    assert s.abs_error[:, :, [1, 3]].max() < 1e-4 and s.abs_error[:, :, [0, 4, 5]].max() == 0
+    assert np.allclose(s.squared_error, s.abs_error ** 2, atol=1e-5)
