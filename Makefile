@@ -1,6 +1,6 @@
 # addm-workbench: the two commands of the README, each complete on a fresh machine.
-#   make demo   create .venv, install, run the demo pipeline (params/demo.yaml) into outputs/demo/, then train the
-#               DDPM baseline (params/ddpm.yaml layered on the demo set) into the same run folder
+#   make demo   create .venv, install, run the demo pipeline (params/demo.yaml) into outputs/demo/: method checks,
+#               data, ADDM, the DDPM baseline (params/ddpm.yaml layered on the demo set), evaluation
 #   make test   create .venv, install, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+# The demo: method checks, data, ADDM training, DDPM training (params/ddpm.yaml layered on the demo set), evaluation.
 demo: setup
-	$(PY) -m addmlib.pipeline params/demo.yaml
+	$(PY) -m addmlib.pipeline params/demo.yaml --notebooks 00_method,01_prepare_data,02_train
 	$(PY) -m addmlib.pipeline params/demo.yaml params/ddpm.yaml --run-dir outputs/demo --notebooks 02_train
+	$(PY) -m addmlib.pipeline params/demo.yaml --notebooks 03_evaluate
 
 ci-params: setup
 	$(PY) -m addmlib.pipeline params/ci.yaml
-	$(PY) -m addmlib.pipeline params/ci.yaml params/ddpm.yaml --run-dir outputs/ci --notebooks 02_train
 
 test: setup
 	$(PY) -m pytest

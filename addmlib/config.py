@@ -142,18 +142,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class MethodConfig:
-    """notebooks/00_method.ipynb: the diffusion maths, the noise, the networks and the loss, checked and shown."""
+class RunConfig:
+    """Parameters every notebook has: where the run lives, the seed, torch threads."""
 
     run_dir: str = "../outputs/interactive"
     seed: int = 0
     threads: int = 2
+
+    def check(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(RunConfig):
+    """The diffusion model's definition: schedule, noise, networks, loss weight (shared by method and training)."""
+
     device: str = "auto"
     image_size: int = 64
     num_steps: int = 1000
     schedule: Literal["linear", "cosine"] = "linear"
     t_star: int = 250
-    noise: Literal["gaussian", "simplex"] = "simplex"
+    noise: Literal["gaussian", "simplex"] = "gaussian"
     simplex_octaves: int = 6
     simplex_persistence: float = 0.8
     simplex_frequency: float = 64.0
@@ -166,16 +176,24 @@ class MethodConfig:
     unet_dropout: float = 0.0
 
     def check(self) -> None:
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        super().check()
         if self.image_size < 16 or self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 and >= 16, got {self.image_size}")
+        if self.image_size % (2 ** (len(self.unet_channel_mult) - 1)):
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2^(len(unet_channel_mult) - 1)")
         if self.num_steps < 2:
             raise ValueError(f"num_steps (T) must be >= 2, got {self.num_steps}")
         if not 1 <= self.t_star <= self.num_steps:
             raise ValueError(f"t_star must be in [1, num_steps={self.num_steps}], got {self.t_star}")
         if self.lambda_adv < 0:
             raise ValueError(f"lambda_adv must be >= 0, got {self.lambda_adv}")
+        if self.unet_base_channels < 1 or not 0 <= self.unet_dropout < 1:
+            raise ValueError("unet_base_channels must be >= 1 and unet_dropout in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig(ModelConfig):
+    """notebooks/00_method.ipynb: the diffusion maths, the noise, the networks and the loss, checked and shown."""
 
 
 _PACKAGED_HEALTHY_TRAIN = ("mrhead", "robex_subject", "icbm2009a", "mni152_nlin6", "icbm_sym55", "oasis30",
@@ -183,12 +201,9 @@ _PACKAGED_HEALTHY_TRAIN = ("mrhead", "robex_subject", "icbm2009a", "mni152_nlin6
 
 
 @dataclasses.dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(RunConfig):
     """notebooks/01_prepare_data.ipynb: the embedded dataset (and optional datasets on disk), prepared once."""
 
-    run_dir: str = "../outputs/interactive"
-    seed: int = 0
-    threads: int = 2
     image_size: int = 64
     healthy_sources: tuple[str, ...] = _PACKAGED_HEALTHY_TRAIN
     holdout_hosts: tuple[str, ...] = ("colin27", "sri24")
@@ -206,8 +221,7 @@ class PrepareConfig:
     data_cache_dir: str = ""
 
     def check(self) -> None:
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        super().check()
         if self.image_size < 16 or self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 and >= 16, got {self.image_size}")
         if not 0 < self.min_brain_fraction <= 1:
@@ -221,33 +235,15 @@ class PrepareConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ModelConfig):
     """notebooks/02_train.ipynb and ``python -m addmlib.training``: ADDM (lambda_adv > 0) or DDPM (lambda_adv = 0).
 
     Defaults are the paper's where it states them (Adam, lr 1e-4 x 0.999 every 200 epochs, batch 4, lambda 0.05,
     3000 epochs); the choices it leaves open are documented in ``addmlib.training``.
     """
 
-    run_dir: str = "../outputs/interactive"
     model_name: str = "addm"
-    seed: int = 0
-    threads: int = 2
-    device: str = "auto"
-    image_size: int = 64
-    num_steps: int = 1000
-    schedule: Literal["linear", "cosine"] = "linear"
     variance: Literal["beta", "beta_tilde"] = "beta_tilde"
-    noise: Literal["gaussian", "simplex"] = "gaussian"
-    simplex_octaves: int = 6
-    simplex_persistence: float = 0.8
-    simplex_frequency: float = 64.0
-    lambda_adv: float = 0.05
-    discriminator: Literal["paper", "conditional"] = "paper"
-    unet_base_channels: int = 32
-    unet_channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    unet_num_res_blocks: int = 1
-    unet_attention_resolutions: tuple[int, ...] = (8,)
-    unet_dropout: float = 0.0
     disc_base_channels: int = 32
     disc_channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     batch_size: int = 4
@@ -267,35 +263,26 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     fresh: bool = False
-    t_star: int = 250
     sample_steps: int = 50
 
     def check(self) -> None:
-        positive = ("threads", "image_size", "num_steps", "batch_size", "epochs", "unet_base_channels",
-                    "disc_base_channels", "lr_decay_every_epochs", "d_steps", "checkpoint_every", "log_every",
-                    "sample_steps")
-        for name in positive:
+        super().check()
+        for name in ("batch_size", "epochs", "disc_base_channels", "lr_decay_every_epochs", "d_steps",
+                     "checkpoint_every", "log_every", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_size % (2 ** (len(self.unet_channel_mult) - 1)):
-            raise ValueError(f"image_size {self.image_size} must be divisible by 2^(len(unet_channel_mult) - 1)")
-        if self.lambda_adv < 0 or self.lr <= 0 or self.d_lr <= 0 or self.max_steps < 0 or self.adv_t_max < 0:
-            raise ValueError("lambda_adv, max_steps, adv_t_max must be >= 0 and lr, d_lr > 0")
-        if not 0 < self.lr_decay <= 1 or not 0 <= self.ema_decay < 1 or not 0 <= self.unet_dropout < 1:
-            raise ValueError("lr_decay must be in (0, 1], ema_decay and unet_dropout in [0, 1)")
-        if not 1 <= self.t_star <= self.num_steps:
-            raise ValueError(f"t_star must be in [1, num_steps={self.num_steps}], got {self.t_star}")
+        if self.lr <= 0 or self.d_lr <= 0 or self.max_steps < 0 or self.adv_t_max < 0:
+            raise ValueError("lr and d_lr must be > 0, max_steps and adv_t_max >= 0")
+        if not 0 < self.lr_decay <= 1 or not 0 <= self.ema_decay < 1:
+            raise ValueError("lr_decay must be in (0, 1], ema_decay in [0, 1)")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name):
             raise ValueError(f"model_name {self.model_name!r} may only hold letters, digits, '_', '.', '-'")
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(RunConfig):
     """notebooks/03_evaluate.ipynb: anomaly maps, thresholds calibrated on healthy data, Table-1-style metrics."""
 
-    run_dir: str = "../outputs/interactive"
-    seed: int = 0
-    threads: int = 2
     device: str = "auto"
     models: tuple[str, ...] = ("addm", "ddpm")
     autoencoder: bool = True
@@ -316,7 +303,8 @@ class EvalConfig:
     write_nifti: bool = True
 
     def check(self) -> None:
-        for name in ("threads", "ae_steps", "t_star", "sample_steps", "draws", "eval_batch_size", "slice_stride"):
+        super().check()
+        for name in ("ae_steps", "t_star", "sample_steps", "draws", "eval_batch_size", "slice_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.fpr < 1:

@@ -4,13 +4,14 @@ The parameter file is a flat YAML mapping (the same file works with ``papermill 
 parameters its ``parameters`` cell declares (read with ``papermill.inspect_notebook``); a parameter that no notebook
 of the run declares is refused before anything runs, and every value is type-checked against the notebook's config.
 Everything of a run lands in one folder: executed notebooks under ``notebooks/``, ``run.json`` (parameters, seed,
-versions, git commit) and ``pipeline.json`` (per-notebook status and wall time).
+versions, git commit) and ``pipeline.json`` (per-notebook status and wall time of every invocation on the folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -58,10 +59,16 @@ def plan(params: Mapping[str, Any], notebooks: Sequence[str], run_dir: Path, sou
         if name in NOTEBOOK_CONFIGS:
             validate(NOTEBOOK_CONFIGS[name], mine, f"{source} (for notebook {name})")
         steps.append(Step(name, path, mine))
+    # A parameter for a pipeline notebook that is not run this time is fine (one file serves the whole pipeline);
+    # one that no pipeline notebook declares is a mistake.
+    for name in NOTEBOOK_CONFIGS:
+        path = notebook_dir / f"{name}.ipynb"
+        if name not in notebooks and path.is_file():
+            used |= declared_parameters(path)
     unknown = sorted(set(params) - used - {"run_dir"})
     if unknown:
         raise ConfigError(f"{source}: parameter(s) {', '.join(map(repr, unknown))} are declared by none of the "
-                          f"notebooks {', '.join(notebooks)}; check the spelling")
+                          f"pipeline's notebooks; check the spelling")
     return steps
 
 
@@ -88,9 +95,16 @@ def run(params_files: str | Path | Sequence[str | Path], run_dir: str | Path | N
     folder.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
     write_run_record(folder / "run.json", {"params_file": params_file, **params}, params.get("seed"), started)
-    status: dict[str, Any] = {"params_file": params_file, "cell_timeout_s": cell_timeout, "notebooks": []}
+    # pipeline.json keeps every invocation on this folder (e.g. the ADDM and the DDPM training runs of the demo).
+    log_path = folder / "pipeline.json"
+    history = json.loads(log_path.read_text()).get("invocations", []) if log_path.is_file() else []
+    status: dict[str, Any] = {"params_file": params_file, "cell_timeout_s": cell_timeout,
+                              "started_at": started.isoformat(), "notebooks": []}
+    history.append(status)
     for step in steps:
-        out = folder / "notebooks" / step.path.name
+        # one executed copy per model when a notebook is run for several models (model_name)
+        suffix = f"-{step.params['model_name']}" if "model_name" in step.params else ""
+        out = folder / "notebooks" / f"{step.path.stem}{suffix}.ipynb"
         out.parent.mkdir(parents=True, exist_ok=True)
         entry: dict[str, Any] = {"notebook": step.name, "output": str(out), "params": step.params}
         status["notebooks"].append(entry)
@@ -103,10 +117,10 @@ def run(params_files: str | Path | Sequence[str | Path], run_dir: str | Path | N
         except Exception as exc:
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                          wall_time_s=round(time.perf_counter() - t0, 2))
-            write_json_atomic(folder / "pipeline.json", status)
+            write_json_atomic(log_path, {"invocations": history})
             raise RuntimeError(f"notebook {step.name} failed; the executed notebook with the error is {out}") from exc
         entry.update(status="ok", wall_time_s=round(time.perf_counter() - t0, 2))
-        write_json_atomic(folder / "pipeline.json", status)
+        write_json_atomic(log_path, {"invocations": history})
     write_run_record(folder / "run.json", {"params_file": params_file, **params}, params.get("seed"), started)
     return folder
 

@@ -30,6 +30,11 @@ def test_plan_refuses_parameters_no_notebook_declares(tmp_path):
         pipeline.plan({"image_size": 32, "learning_rat": 1e-4}, ["00_method"], tmp_path, "p.yaml")
 
 
+def test_plan_accepts_parameters_of_pipeline_notebooks_not_run_this_time(tmp_path):
+    steps = pipeline.plan({"image_size": 32, "lesions_per_host": 2, "batch_size": 4}, ["00_method"], tmp_path, "p")
+    assert steps[0].params == {"image_size": 32, "run_dir": str(tmp_path)}
+
+
 def test_plan_type_checks_before_running(tmp_path):
     with pytest.raises(ConfigError, match="p.yaml \\(for notebook 00_method\\): parameter 'num_steps' must be int"):
         pipeline.plan({"num_steps": "many"}, ["00_method"], tmp_path, "p.yaml")
@@ -56,13 +61,17 @@ def test_cli_reports_bad_parameter_file(tmp_path, capsys):
 @pytest.mark.slow
 def test_pipeline_runs_with_ci_params(tmp_path):
     folder = pipeline.run(ROOT / "params" / "ci.yaml", tmp_path / "run", cell_timeout=600)
-    status = json.loads((folder / "pipeline.json").read_text())
+    status = json.loads((folder / "pipeline.json").read_text())["invocations"][-1]
     assert [n["status"] for n in status["notebooks"]] == ["ok"] * len(NOTEBOOK_CONFIGS)
     record = json.loads((folder / "run.json").read_text())
     assert record["seed"] == 0 and record["packages"]["torch"].startswith("2.13.0") and "commit" in record["git"]
     checks = json.loads((folder / "00_method" / "method_checks.json").read_text())
     assert checks["closed_form"]["oracle_ddim_10_steps_reconstruction_max_abs_err"] < 1e-6
     assert checks["networks"]["lambda_0_equals_L_DDPM"] is True
+    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+    assert {"eval_a", "eval_b", "threshold"} <= set(next(iter(metrics["results"].values())))
+    assert any(p.name.endswith("_map_native.nii.gz") for p in (folder / "eval" / "maps").rglob("*"))
+    assert (folder / "notebooks" / "02_train-addm.ipynb").is_file()
     executed = nbformat.read(folder / "notebooks" / "00_method.ipynb", as_version=4)
     assert any(o.get("output_type") == "display_data" for c in executed.cells if c.cell_type == "code"
                for o in c.outputs), "figures are in the executed notebook"
@@ -72,7 +81,7 @@ def test_pipeline_runs_with_ci_params(tmp_path):
 def test_failing_notebook_is_reported_and_kept(tmp_path):
     with pytest.raises(RuntimeError, match="notebook 00_method failed"):
         pipeline.run(_params_with(tmp_path, device="cuda:7"), tmp_path / "run", cell_timeout=600)
-    status = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    status = json.loads((tmp_path / "run" / "pipeline.json").read_text())["invocations"][-1]
     assert status["notebooks"][0]["status"] == "failed" and "CUDA" in status["notebooks"][0]["error"]
     assert (tmp_path / "run" / "notebooks" / "00_method.ipynb").exists()
 
