@@ -38,13 +38,13 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def train_autoencoder(images: np.ndarray, out_dir: str | Path, steps: int = 1500, batch_size: int = 16,
-                      lr: float = 1e-3, seed: int = 0, channels: int = 32, bottleneck: int = 16,
-                      augment: bool = True) -> tuple[ConvAutoencoder, dict]:
-    """Train (or load, if ``out_dir/ae.pt`` exists with the same settings) the autoencoder with an L1 loss."""
+def train_autoencoder(images: np.ndarray, out_dir: str | Path, data_fingerprint: str, steps: int = 1500,
+                      batch_size: int = 16, lr: float = 1e-3, seed: int = 0, channels: int = 32,
+                      bottleneck: int = 16, augment: bool = True) -> tuple[ConvAutoencoder, dict]:
+    """Train (or load, if ``out_dir/ae.pt`` exists for the same data and settings) the autoencoder, L1 loss."""
     out_dir = Path(out_dir)
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "channels": channels,
-                "bottleneck": bottleneck, "augment": augment, "n_images": int(len(images))}
+                "bottleneck": bottleneck, "augment": augment, "data": data_fingerprint}
     model = ConvAutoencoder(channels, bottleneck)
     ckpt = out_dir / "ae.pt"
     info_path = out_dir / "model.json"

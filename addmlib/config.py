@@ -217,6 +217,7 @@ class PrepareConfig(RunConfig):
     disk_tumour_format: Literal["", "edinburgh", "brats", "folder"] = ""
     disk_tumour_root: str = ""
     max_disk_subjects: int = 0
+    disk_folder_skull: bool = False
     histogram_standardisation: bool = True
     data_cache_dir: str = ""
 

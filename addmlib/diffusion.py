@@ -29,14 +29,14 @@ def beta_schedule(name: ScheduleName, num_steps: int) -> torch.Tensor:
     """beta_1..beta_T (float64, length T).
 
     linear: Ho et al.'s 1e-4 -> 0.02 for T = 1000, rescaled by 1000 / T so that any T spans the same noise range
-    (improved-diffusion's rule; T = 300/500/1000 all end near pure noise).
+    (improved-diffusion's rule; T = 300/500/1000 all end near pure noise); clamped at 0.999 for very small T.
     cosine: Nichol & Dhariwal 2021, alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), s = 0.008, beta <= 0.999.
     """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     if name == "linear":
         scale = 1000.0 / num_steps
-        return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
+        return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64).clamp(max=0.999)
     if name == "cosine":
         s = 0.008
         steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
@@ -112,8 +112,9 @@ class GaussianDiffusion:
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_0 = 1
 
     # ----- forward process -------------------------------------------------------------------------------------
-    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_mean_variance(self, x0: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (closed form of Eq. 1)."""
+        t = _as_time(t, x0.shape[0], x0.device)
         ab = _gather(self.alphas_cumprod, t, x0)
         return ab.sqrt() * x0, (1 - ab).expand_as(x0)
 

@@ -3,8 +3,10 @@
 For each model:
 
 1. Score the healthy validation brains (never trained on) and post-process their maps exactly like the test maps.
-   The decision threshold is the one with a chosen false-positive rate (``fpr``) on those healthy brain voxels:
-   nothing from the evaluation sets is used to pick it.
+   The decision threshold is the one with a chosen false-positive rate (``fpr``) on those healthy brain voxels
+   (the whole brain mask, eroded rim included). Set B's volumes are those same brains with inserted lesions, so a
+   set-B volume is thresholded with the calibration of the *other* healthy brains only (leave-one-host-out); set A
+   uses all of them. Nothing from an evaluated volume's own brain is used to pick its threshold.
 2. Score every volume of each evaluation set, post-process, and accumulate a streaming histogram of scores of
    lesion and non-lesion brain voxels: pooled AUROC, AUPRC and best-possible Dice (an upper bound, *tuned on the test
    set*, reported as such), and Dice / IoU / precision / recall at the calibrated threshold.
@@ -107,33 +109,49 @@ def score_split(scorer: Scorer, volumes: Iterable[PreparedVolume], slice_stride:
     return out
 
 
-def calibrate(healthy: list[ScoredVolume], fpr: float) -> tuple[float, BinnedScores]:
-    """Threshold with false-positive rate ``fpr`` on the healthy brain voxels of ``healthy``."""
-    hist = BinnedScores(*SCORE_RANGE)
+def healthy_histograms(healthy: list[ScoredVolume]) -> dict[str, BinnedScores]:
+    """Per healthy brain, the histogram of its (post-processed) map over its brain voxels."""
+    out = {}
     for v in healthy:
+        hist = BinnedScores(*SCORE_RANGE)
         hist.update(v.amap, np.zeros_like(v.brain), v.brain)
-    return calibrate_threshold(hist, fpr), hist
+        out[v.id] = hist
+    return out
 
 
-def measure(scored: list[ScoredVolume], threshold: float, pp: PostProcessing,
+def calibrate(hists: dict[str, BinnedScores], fpr: float, exclude: str | None = None) -> float:
+    """Threshold with false-positive rate ``fpr`` on the healthy brains except ``exclude`` (a set-B volume's host)."""
+    pooled = BinnedScores(*SCORE_RANGE)
+    for vid, hist in hists.items():
+        if vid != exclude:
+            pooled.merge(hist)
+    if pooled.neg.sum() == 0:
+        raise ValueError(f"no healthy brain other than {exclude!r} to calibrate on: hold out at least two hosts")
+    return calibrate_threshold(pooled, fpr)
+
+
+def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostProcessing,
             anoddpm: bool = True) -> dict[str, Any]:
-    """Pooled and per-volume/per-slice metrics of one evaluation set at ``threshold`` (see the module docstring)."""
+    """Pooled and per-volume/per-slice metrics of one evaluation set, each volume at ``thresholds[id]``."""
     pooled = BinnedScores(*SCORE_RANGE)
     tp = fp = fn = 0
     per_volume, per_slice_dice, slice_auc, a_counts = [], [], [], [0, 0, 0]
     for v in scored:
         region = v.brain
-        pred = remove_small_components((v.amap >= threshold) & region, pp.min_component_voxels)
+        pred = remove_small_components((v.amap >= thresholds[v.id]) & region, pp.min_component_voxels)
         c = confusion(pred[region], v.lesion[region])
         tp, fp, fn = tp + c[0], fp + c[1], fn + c[2]
         hist = BinnedScores(*SCORE_RANGE, bins=2000)
         hist.update(v.amap, v.lesion, region)
         pooled.update(v.amap, v.lesion, region)
         per_volume.append({"id": v.id, **overlap_metrics(*c[:3]), "auroc": hist.auroc(), "auprc": hist.auprc(),
-                           "best_dice": hist.best_dice()[0], "lesion_voxels": int(v.lesion.sum())})
+                           "best_dice": hist.best_dice()[0], "lesion_voxels": int(v.lesion.sum()),
+                           "threshold": thresholds[v.id]})
         for k in range(v.lesion.shape[2]):
-            if v.lesion[:, :, k].any():
-                per_slice_dice.append(overlap_metrics(*confusion(pred[:, :, k], v.lesion[:, :, k])[:3])["dice"])
+            if (v.lesion[:, :, k] & region[:, :, k]).any():
+                inside = region[:, :, k]
+                c_k = confusion(pred[:, :, k][inside], v.lesion[:, :, k][inside])
+                per_slice_dice.append(overlap_metrics(*c_k[:3])["dice"])
         if anoddpm:
             sq_pred = v.squared >= 0.5
             a = confusion(sq_pred & region, v.lesion & region)
@@ -146,7 +164,7 @@ def measure(scored: list[ScoredVolume], threshold: float, pp: PostProcessing,
     best, best_thr = pooled.best_dice()
     result: dict[str, Any] = {
         "pooled": {**overlap_metrics(tp, fp, fn), "auroc": pooled.auroc(), "auprc": pooled.auprc(),
-                   "best_dice": best, "best_dice_threshold": best_thr, "threshold": threshold,
+                   "best_dice": best, "best_dice_threshold": best_thr,
                    "lesion_voxels": int(pooled.pos.sum()), "healthy_voxels": int(pooled.neg.sum())},
         "per_volume": per_volume,
         "per_volume_summary": {k: mean_std([p[k] for p in per_volume])
@@ -197,15 +215,16 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
                    progress: Callable[..., Any] | None = None) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
     """Calibrate on ``val_healthy``, then measure each set; returns (metrics, scored volumes per split)."""
     healthy = score_split(scorer, data.volumes("val_healthy"), slice_stride, pp, progress)
-    threshold, hist = calibrate(healthy, fpr)
+    hists = healthy_histograms(healthy)
+    threshold = calibrate(hists, fpr)
     results: dict[str, Any] = {"threshold": threshold, "fpr_target": fpr,
-                               "healthy_fpr_achieved": float(hist.neg[np.searchsorted(hist.edges, threshold):].sum()
-                                                             / max(hist.neg.sum(), 1))}
+                               "thresholds_without_host": {h: calibrate(hists, fpr, exclude=h) for h in hists}}
     scored = {"val_healthy": healthy}
     for split in eval_sets:
         vols = score_split(scorer, data.volumes(split), slice_stride, pp, progress)
         scored[split] = vols
-        results[split] = measure(vols, threshold, pp, anoddpm)
+        thresholds = {v.id: calibrate(hists, fpr, exclude=v.volume.meta.get("host")) for v in vols}
+        results[split] = measure(vols, thresholds, pp, anoddpm)
         if maps_dir is not None:
             for v in vols:
                 write_maps(v, maps_dir / split, native=split == "eval_a")

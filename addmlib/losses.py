@@ -8,7 +8,8 @@ How we read Eq. 5 (the paper is ambiguous; see notebooks/00_method.ipynb for the
   with the same x_t the model sees; marginally over x_t that is exactly q(x_{t-1} | x_0), and it keeps the pair
   (x_{t-1}, x_t) consistent for the conditional (DDGAN-style) discriminator.
 * "Fake" samples are the model's reverse step x_{t-1} = mu_theta(x_t, t) + sigma_t z (Eq. 2), reparameterised so
-  gradients reach theta through mu_theta.
+  gradients reach theta through mu_theta, with sigma_t^2 = beta_tilde_t, the real samples' own variance, whatever
+  variance the sampler uses (otherwise D could tell them apart by the noise level alone, which theta cannot change).
 * Eq. 5 writes the GAN value function E[log D(real)] + E[log(1 - D(fake))], which D maximises. For the U-Net we use the
   standard non-saturating generator loss L_Adv = -E[log D(fake)] (Goodfellow et al. 2014), scaled by lambda.
   D minimises the binary cross-entropy -log D(real) - log(1 - D(fake)).
@@ -33,15 +34,17 @@ def ddpm_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 def generator_adv_loss(fake_logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Non-saturating L_Adv = -log D(fake) = softplus(-logit), averaged over the batch (or over ``weight`` > 0)."""
-    per_sample = F.softplus(-fake_logits.float())
-    if weight is None:
-        return per_sample.mean()
-    return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
+    return _weighted_mean(F.softplus(-fake_logits.float()), weight)
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """BCE for D: -log D(real) - log(1 - D(fake)) = softplus(-real) + softplus(fake)."""
-    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return values.mean() if weight is None else (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE for D: -log D(real) - log(1 - D(fake)) = softplus(-real) + softplus(fake), averaged (over weight > 0)."""
+    return _weighted_mean(F.softplus(-real_logits.float()) + F.softplus(fake_logits.float()), weight)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class ADDMTerms:
     x_t: torch.Tensor
     real_prev: torch.Tensor | None
     fake_prev: torch.Tensor | None
+    adv_weight: torch.Tensor | None = None  # 1 for the samples L_Adv (and D) use, 0 otherwise; None: all
 
 
 def sample_timesteps(batch: int, num_steps: int, device: torch.device,
@@ -89,23 +93,27 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     if discriminator is None:
         raise ValueError(f"lambda = {lam} > 0 needs a discriminator")
     # Fake: the model's reverse step, reparameterised (no x0 clipping so gradients flow everywhere).
-    fake_prev = diffusion.p_sample_from_eps(x_t, t, eps_pred.to(x_t.dtype), noise_fn(x0, generator), clip=False)
+    mu_theta, _ = diffusion.p_mean(x_t, t, eps_pred.to(x_t.dtype), clip=False)
+    _, post_var = diffusion.q_posterior_mean_variance(x0, x_t, t)
+    fake_prev = mu_theta + post_var.sqrt() * noise_fn(x0, generator)
     # Real: forward-process x_{t-1}, drawn given the same x_t (marginally q(x_{t-1} | x_0)).
     real_prev = diffusion.q_posterior_sample(x0, x_t, t, noise_fn(x0, generator))
     cond = x_t if discriminator.config.conditional else None
     weight = None if adv_t_max is None else (t <= adv_t_max).float()
     l_adv = generator_adv_loss(discriminator(fake_prev, t, cond), weight)
-    return ADDMTerms(l_ddpm + lam * l_adv, l_ddpm, l_adv, t, x_t, real_prev.detach(), fake_prev.detach())
+    return ADDMTerms(l_ddpm + lam * l_adv, l_ddpm, l_adv, t, x_t, real_prev.detach(), fake_prev.detach(), weight)
 
 
 def discriminator_step_loss(discriminator: Discriminator, terms: ADDMTerms) -> tuple[torch.Tensor, torch.Tensor,
                                                                                      torch.Tensor]:
-    """D's BCE on the detached real/fake pair of ``terms``; also returns D's accuracy on real and on fake."""
+    """D's BCE on the detached real/fake pair of ``terms`` (only the samples L_Adv used, see ``adv_t_max``);
+    also returns D's accuracy on real and on fake."""
     if terms.real_prev is None or terms.fake_prev is None:
         raise ValueError("no adversarial samples: lambda was 0")
     cond = terms.x_t.detach() if getattr(discriminator, "module", discriminator).config.conditional else None
     real_logits = discriminator(terms.real_prev, terms.t, cond)
     fake_logits = discriminator(terms.fake_prev, terms.t, cond)
-    acc_real = (real_logits > 0).float().mean()
-    acc_fake = (fake_logits < 0).float().mean()
-    return discriminator_loss(real_logits, fake_logits), acc_real, acc_fake
+    w = terms.adv_weight
+    acc_real = _weighted_mean((real_logits > 0).float(), w)
+    acc_fake = _weighted_mean((fake_logits < 0).float(), w)
+    return discriminator_loss(real_logits, fake_logits, w), acc_real, acc_fake

@@ -126,13 +126,6 @@ class BinnedScores:
         i = int(np.argmax(dice))
         return float(dice[i]), float(self.edges[i])
 
-    def at_threshold(self, threshold: float) -> dict[str, float]:
-        """Overlap metrics for prediction = score >= threshold (to bin resolution)."""
-        i = int(np.clip(np.ceil((threshold - self.low) / (self.high - self.low) * self.bins), 0, self.bins))
-        tp, fp = int(self.pos[i:].sum()), int(self.neg[i:].sum())
-        fn = int(self.pos.sum()) - tp
-        return overlap_metrics(tp, fp, fn)
-
     def roc_curve(self) -> tuple[np.ndarray, np.ndarray]:
         tp, fp = self._curve()
         return fp / max(self.neg.sum(), 1), tp / max(self.pos.sum(), 1)

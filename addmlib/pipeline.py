@@ -103,7 +103,8 @@ def run(params_files: str | Path | Sequence[str | Path], run_dir: str | Path | N
     history.append(status)
     for step in steps:
         # one executed copy per model when a notebook is run for several models (model_name)
-        suffix = f"-{step.params['model_name']}" if "model_name" in step.params else ""
+        model = step.params.get("model_name", getattr(NOTEBOOK_CONFIGS[step.name](), "model_name", None))
+        suffix = f"-{model}" if model else ""
         out = folder / "notebooks" / f"{step.path.stem}{suffix}.ipynb"
         out.parent.mkdir(parents=True, exist_ok=True)
         entry: dict[str, Any] = {"notebook": step.name, "output": str(out), "params": step.params}

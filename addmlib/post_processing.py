@@ -14,8 +14,10 @@ def restrict_to_brain(amap: np.ndarray, brain: np.ndarray, erode_mm: float = 0.0
     if amap.shape != brain.shape:
         raise ValueError(f"map shape {amap.shape} differs from brain mask shape {brain.shape}")
     mask = brain.astype(bool)
-    if erode_mm > 0:
-        mask = ndimage.distance_transform_edt(mask, sampling=spacing[: mask.ndim]) > erode_mm
+    if erode_mm > 0:  # pad so that the array's own ends count as outside the brain
+        padded = np.pad(mask, 1)
+        dist = ndimage.distance_transform_edt(padded, sampling=spacing[: mask.ndim])
+        mask = dist[(slice(1, -1),) * mask.ndim] > erode_mm
     return np.where(mask, amap, 0.0).astype(amap.dtype)
 
 

@@ -136,6 +136,8 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.device = device or resolve_device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":  # one GPU per rank, whatever device names
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp='fp16' needs CUDA; use 'bf16' on the CPU")
         torch.manual_seed(cfg.seed)
@@ -154,7 +156,9 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: cfg.lr_decay ** (s // decay_steps))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-        self.gen = torch.Generator().manual_seed(cfg.seed)  # data order, t, noise and augmentation draws
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+        self.perm_gen = torch.Generator().manual_seed(cfg.seed)  # data order: the same on every rank
+        self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.rank)  # t, noise, augmentation: per rank
         self.augment = Augment() if cfg.augment else None
         self.step = 0
         self._perm: torch.Tensor | None = None
@@ -173,6 +177,7 @@ class Trainer:
             "disc": self.disc.state_dict() if self.disc is not None else None,
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict() if self.opt_d else None,
             "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(), "perm_gen": self.perm_gen.get_state(),
             "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "perm": self._perm, "world_size": self.world,
@@ -197,6 +202,8 @@ class Trainer:
         self.opt_g.load_state_dict(ckpt["opt_g"])
         self.sched.load_state_dict(ckpt["sched"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        self.scaler_d.load_state_dict(ckpt["scaler_d"])
+        self.perm_gen.set_state(ckpt["perm_gen"])
         self.gen.set_state(ckpt["gen"])
         torch.set_rng_state(ckpt["torch_rng"])
         if torch.cuda.is_available() and ckpt["cuda_rng"]:
@@ -225,7 +232,8 @@ class Trainer:
             if not path.is_file():
                 continue
             try:
-                self.load_state(load_checkpoint(path, self.device), str(path))
+                # RNG states must stay CPU tensors; load_state_dict moves weights to the model's device
+                self.load_state(load_checkpoint(path, "cpu"), str(path))
             except CheckpointError as exc:
                 if "other settings" in str(exc) or "processes" in str(exc):
                     raise
@@ -251,7 +259,7 @@ class Trainer:
     def _batch(self) -> torch.Tensor:
         epoch, within = divmod(self.step, self.steps_per_epoch)
         if within == 0 or self._perm is None:
-            self._perm = torch.randperm(len(self.images), generator=self.gen)
+            self._perm = torch.randperm(len(self.images), generator=self.perm_gen)
         mine = self._perm[self.rank::self.world]
         idx = mine[within * self.cfg.batch_size:(within + 1) * self.cfg.batch_size]
         x = self.images[idx.to(self.images.device)]
@@ -292,9 +300,11 @@ class Trainer:
                 with self._autocast():
                     d_loss, acc_real, acc_fake = discriminator_step_loss(self.d_model, terms)
                 self.opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
+                self.scaler_d.scale(d_loss).backward()
+                self.scaler_d.unscale_(self.opt_d)
                 torch.nn.utils.clip_grad_norm_(self.disc.parameters(), cfg.grad_clip)
-                self.opt_d.step()
+                self.scaler_d.step(self.opt_d)
+                self.scaler_d.update()
             out.update(d_loss=d_loss.item(), d_acc_real=acc_real.item(), d_acc_fake=acc_fake.item())
         self.step += 1
         return out
@@ -317,8 +327,14 @@ class Trainer:
         t_last, s_last = time.perf_counter(), self.step
         while self.step < end:
             metrics = self.train_step()
-            if not all(math.isfinite(v) for v in metrics.values()):
-                raise FloatingPointError(f"step {self.step}: non-finite training quantity {metrics}; lower lr or "
+            # grad_norm may be inf on an fp16 overflow step, which the GradScaler skips: check the losses only
+            finite = all(math.isfinite(v) for k, v in metrics.items() if k != "grad_norm")
+            if self.world > 1:  # every rank stops together instead of hanging in the next all-reduce
+                flag = torch.tensor([float(finite)], device=self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = bool(flag.item())
+            if not finite:
+                raise FloatingPointError(f"step {self.step}: non-finite training loss {metrics}; lower lr or "
                                          f"turn amp off")
             if bar is not None:
                 bar.update(1)

@@ -132,3 +132,32 @@ def test_score_volume_with_an_oracle_model_finds_the_difference():
     assert np.allclose(s.abs_error[4:8, 4:8, 2], 0.4, atol=1e-4)
     assert s.abs_error[:, :, [1, 3]].max() < 1e-4 and s.abs_error[:, :, [0, 4, 5]].max() == 0
     assert np.allclose(s.squared_error, s.abs_error ** 2, atol=1e-5)
+
+
+def _scored(amap, lesion, brain, vid="v"):
+    from addmlib.evaluate import ScoredVolume
+    z = np.zeros_like(amap)
+    return ScoredVolume(vid, "eval_b", np.arange(amap.shape[2]), z, z, amap, amap ** 2, brain, lesion, None)
+
+
+def test_protocol_calibrates_on_healthy_and_measures_a_perfect_map():
+    from addmlib.evaluate import PostProcessing, calibrate, healthy_histograms, measure
+    rng = np.random.default_rng(0)
+    brain = np.ones((16, 16, 8), bool)
+    healthy = [_scored(rng.uniform(0, 0.3, brain.shape).astype(np.float32), np.zeros_like(brain), brain, "h1"),
+               _scored(rng.uniform(0, 0.6, brain.shape).astype(np.float32), np.zeros_like(brain), brain, "h2")]
+    hists = healthy_histograms(healthy)
+    assert 0.25 < calibrate(hists, 0.05, exclude="h2") < 0.3, "leave-one-host-out uses only the other brain"
+    assert 0.55 < calibrate(hists, 0.05, exclude="h1") < 0.6
+    with pytest.raises(ValueError, match="at least two hosts"):
+        calibrate({"h1": hists["h1"]}, 0.05, exclude="h1")
+    thr = calibrate(hists, 0.05, exclude="h2")
+    lesion = np.zeros_like(brain)
+    lesion[4:8, 4:8, 2:5] = True
+    amap = np.where(lesion, 0.9, rng.uniform(0, 0.3, brain.shape)).astype(np.float32)
+    res = measure([_scored(amap, lesion, brain)], {"v": thr}, PostProcessing(min_component_voxels=1))
+    p = res["pooled"]
+    assert p["auroc"] == pytest.approx(1.0) and p["auprc"] == pytest.approx(1.0, abs=1e-3)
+    assert p["recall"] == 1.0 and p["precision"] < 1.0  # 5 % of healthy voxels exceed the threshold
+    assert p["best_dice"] == pytest.approx(1.0, abs=1e-3)
+    assert res["per_slice_dice"][2] == 3 and res["anoddpm"]["recall"] == 1.0

@@ -52,6 +52,7 @@ class PrepareSettings:
     disk_tumour_format: str = ""
     disk_tumour_root: str = ""
     max_disk_subjects: int = 0
+    disk_folder_skull: bool = False
     histogram_standardisation: bool = True
 
     def fingerprint(self) -> str:
@@ -127,7 +128,9 @@ def subjects_for(settings: PrepareSettings, cache_dir: Path | None = None) -> di
             continue
         if fmt not in DISK_LOADERS:
             raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(DISK_LOADERS)}")
-        found = [s for s in DISK_LOADERS[fmt](root) if s.role == role]
+        kwargs = {"skull": settings.disk_folder_skull} if fmt == "folder" else {}
+        found = [replace(s, id=f"{s.dataset}-{s.id}")  # never clash with packaged or other ids
+                 for s in DISK_LOADERS[fmt](root, **kwargs) if s.role == role]
         split.extend(found[: settings.max_disk_subjects or None])
     return {"train": train, "val_healthy": hosts, "eval_a": eval_a}
 
