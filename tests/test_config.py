@@ -69,7 +69,7 @@ def test_shared_parameter_names_have_one_type():
             assert seen.setdefault(name, tp) == tp, f"{name} has two types across notebooks"
 
 
-@pytest.mark.parametrize("yaml_name", ["ci", "demo", "paper", "ddpm"])
+@pytest.mark.parametrize("yaml_name", ["ci", "demo", "paper", "ddpm", "simplex"])
 def test_every_params_file_is_valid_for_the_notebooks(yaml_name):
     params = load_yaml(ROOT / "params" / f"{yaml_name}.yaml")
     for name, cls in NOTEBOOK_CONFIGS.items():
