@@ -151,3 +151,32 @@ def test_two_process_gloo_ddp_run_completes_and_its_checkpoint_loads(tmp_path):
     assert ckpt["world_size"] == 2 and ckpt["step"] == 6
     unet, _ = load_ema_unet(model_dir(tmp_path, "addm") / CHECKPOINT)
     assert unet(torch.zeros(2, 1, 16, 16), torch.tensor([1, 5])).shape == (2, 1, 16, 16)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
+    """A training process killed with SIGKILL loses at most one checkpoint interval; rerunning resumes."""
+    import signal
+    import time
+
+    _prepared_folder(tmp_path, _blobs(32))
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+              vars(_cfg(tmp_path, max_steps=150, checkpoint_every=5, log_every=5)).items() if k != "run_dir"}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "addmlib.training", str(tmp_path / "p.yaml"), "--run-dir", str(tmp_path)]
+    ckpt = model_dir(tmp_path, "addm") / CHECKPOINT
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ckpt.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run was killed before it finished"
+    saved = load_checkpoint(ckpt)["step"]
+    assert saved >= 5
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["resumed_from"] >= saved and result["step"] == 150 and result["finished"]
+    steps = [r["step"] for r in read_log(model_dir(tmp_path, "addm") / "train_log.jsonl")]
+    assert steps == sorted(set(steps)), "the log has no duplicated steps after the resume"
