@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test ci-params clean-venv
+.PHONY: setup demo test ci-params ablation-demo clean-venv
 
 setup: $(STAMP)
 
@@ -21,6 +21,14 @@ demo: setup
 	$(PY) -m addmlib.pipeline params/demo.yaml --notebooks 00_method,01_prepare_data,02_train
 	$(PY) -m addmlib.pipeline params/demo.yaml params/ddpm.yaml --run-dir outputs/demo --notebooks 02_train
 	$(PY) -m addmlib.pipeline params/demo.yaml --notebooks 03_evaluate
+
+# The ablation over lambda x T x seeds (notebooks/04_ablation.ipynb) at laptop scale, about an hour on 2 cores.
+# Rerun to resume: finished cells are skipped. A sweep runs without the demo: it prepares its own data.
+ABLATION_DIR := $(CURDIR)/outputs/ablation_demo
+ablation-demo: setup
+	mkdir -p $(ABLATION_DIR)
+	$(PY) -m papermill notebooks/04_ablation.ipynb $(ABLATION_DIR)/04_ablation.ipynb -f params/ablation_demo.yaml \
+		-p run_dir $(ABLATION_DIR) --cwd notebooks
 
 ci-params: setup
 	$(PY) -m addmlib.pipeline params/ci.yaml

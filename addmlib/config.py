@@ -302,6 +302,7 @@ class EvalConfig(RunConfig):
     min_component_voxels: int = 5
     anoddpm_protocol: bool = True
     write_nifti: bool = True
+    eval_name: str = "eval"
 
     def check(self) -> None:
         super().check()
@@ -315,6 +316,57 @@ class EvalConfig(RunConfig):
             raise ValueError(f"eval_sets must be a non-empty list of 'eval_a', 'eval_b'; got {list(self.eval_sets)}")
         if not self.models and not self.autoencoder:
             raise ValueError("nothing to evaluate: models is empty and autoencoder is false")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.eval_name):
+            raise ValueError(f"eval_name {self.eval_name!r} may only hold letters, digits, '_', '.', '-'")
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationConfig(RunConfig):
+    """notebooks/04_ablation.ipynb: a grid over lambda x T x seeds, each cell trained and evaluated by notebooks.
+
+    ``seed`` and ``threads`` here are the data preparation's; ``threads_per_cell`` is each cell's (keep
+    ``workers x threads_per_cell <= cores``). ``base_params`` (paths relative to the repository) are the pipeline
+    parameter files every cell starts from, ``cell_params`` overrides them for every cell; the grid then sets
+    ``lambda_adv``, ``num_steps``, the training ``seed`` and ``t_star`` (``t_star_at_1000`` scaled to the cell's T).
+    ``eval_steps``: sampling steps each cell is evaluated with (0 = every step from t*).
+    """
+
+    run_dir: str = "../outputs/interactive-ablation"
+    base_params: tuple[str, ...] = ("params/demo.yaml",)
+    cell_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lambda_grid: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1, 0.5)
+    num_steps_grid: tuple[int, ...] = (300, 500, 1000)
+    seed_grid: tuple[int, ...] = (0, 1)
+    t_star_at_1000: int = 250
+    eval_steps: tuple[int, ...] = (0,)
+    engine: Literal["local", "dask"] = "local"
+    dask_address: str = ""
+    workers: int = 2
+    threads_per_cell: int = 1
+    cell_timeout: int = 7200
+    split: Literal["eval_a", "eval_b"] = "eval_a"
+    metric: Literal["auprc", "auroc", "dice", "best_dice"] = "auprc"
+
+    def check(self) -> None:
+        super().check()
+        if not self.base_params:
+            raise ValueError("base_params must name at least one parameter file (e.g. params/demo.yaml)")
+        if not self.lambda_grid or not self.num_steps_grid or not self.seed_grid or not self.eval_steps:
+            raise ValueError("lambda_grid, num_steps_grid, seed_grid and eval_steps must not be empty")
+        for name in ("lambda_grid", "num_steps_grid", "seed_grid", "eval_steps"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} has repeated values: {list(values)}")
+        if any(s < 0 for s in self.eval_steps):
+            raise ValueError(f"eval_steps must be >= 0 (0 = every step from t*), got {list(self.eval_steps)}")
+        if not 1 <= self.t_star_at_1000 <= 1000:
+            raise ValueError(f"t_star_at_1000 must be in [1, 1000], got {self.t_star_at_1000}")
+        if self.workers < 1 or self.threads_per_cell < 1 or self.cell_timeout < 1:
+            raise ValueError("workers, threads_per_cell and cell_timeout must be >= 1")
+        grid_keys = {"lambda_adv", "num_steps", "seed", "t_star", "model_name", "models", "run_dir", "eval_name"}
+        clash = sorted(grid_keys & set(self.cell_params))
+        if clash:
+            raise ValueError(f"cell_params may not set {clash}: the sweep sets them per cell")
 
 
 NOTEBOOK_CONFIGS: dict[str, type] = {
@@ -322,8 +374,12 @@ NOTEBOOK_CONFIGS: dict[str, type] = {
     "01_prepare_data": PrepareConfig,
     "02_train": TrainConfig,
     "03_evaluate": EvalConfig,
+    "04_ablation": AblationConfig,
 }
-"""Notebook stem -> its config, in pipeline order."""
+"""Notebook stem -> its config."""
+
+PIPELINE_NOTEBOOKS: tuple[str, ...] = ("00_method", "01_prepare_data", "02_train", "03_evaluate")
+"""What ``python -m addmlib.pipeline`` runs by default, in order (04 and later drive the pipeline themselves)."""
 
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 

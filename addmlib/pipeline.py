@@ -18,12 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import NOTEBOOK_CONFIGS, ConfigError, load_yaml, validate
+from .config import NOTEBOOK_CONFIGS, PIPELINE_NOTEBOOKS, ConfigError, load_yaml, validate
 from .fileio import write_json_atomic
 from .provenance import write_run_record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised while executing; ``notebook`` is its executed copy (with the error in it)."""
+
+    def __init__(self, name: str, notebook: Path) -> None:
+        super().__init__(f"notebook {name} failed; the executed notebook with the error is {notebook}")
+        self.notebook = notebook
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ def plan(params: Mapping[str, Any], notebooks: Sequence[str], run_dir: Path, sou
         steps.append(Step(name, path, mine))
     # A parameter for a pipeline notebook that is not run this time is fine (one file serves the whole pipeline);
     # one that no pipeline notebook declares is a mistake.
-    for name in NOTEBOOK_CONFIGS:
+    for name in PIPELINE_NOTEBOOKS:
         path = notebook_dir / f"{name}.ipynb"
         if name not in notebooks and path.is_file():
             used |= declared_parameters(path)
@@ -81,31 +89,50 @@ def load_params(files: Sequence[str | Path]) -> dict[str, Any]:
 
 
 def run(params_files: str | Path | Sequence[str | Path], run_dir: str | Path | None = None,
-        notebooks: Sequence[str] | None = None, cell_timeout: int = 3600) -> Path:
-    """Execute the pipeline; returns the run folder. Raises on the first failing notebook (its output is kept)."""
+        notebooks: Sequence[str] | None = None, cell_timeout: int = 3600,
+        overrides: Mapping[str, Any] | None = None) -> Path:
+    """Execute the pipeline with the merged parameter files (then ``overrides``); returns the run folder.
+
+    Raises on the first failing notebook (its executed copy, with the error, is kept).
+    """
+    files = [Path(params_files)] if isinstance(params_files, (str, Path)) else [Path(f) for f in params_files]
+    params = {**load_params(files), **(overrides or {})}
+    source = " + ".join(map(str, files)) + (" + overrides" if overrides else "")
+    folder = Path(run_dir) if run_dir else REPO_ROOT / "outputs" / files[0].stem
+    return run_params(params, folder, notebooks, cell_timeout, source)
+
+
+def _output_name(step: Step) -> str:
+    """``02_train-<model_name>``, ``03_evaluate-<eval_name>`` when not the default "eval", else the notebook stem."""
+    defaults = NOTEBOOK_CONFIGS[step.name]() if step.name in NOTEBOOK_CONFIGS else None
+    tag = step.params.get("model_name", getattr(defaults, "model_name", None))
+    if tag is None and step.params.get("eval_name", "eval") != "eval":
+        tag = step.params["eval_name"]
+    return f"{step.path.stem}-{tag}" if tag else step.path.stem
+
+
+def run_params(params: Mapping[str, Any], run_dir: str | Path, notebooks: Sequence[str] | None = None,
+               cell_timeout: int = 3600, source: str = "parameters") -> Path:
+    """Execute ``notebooks`` (default: the whole pipeline) with ``params`` into ``run_dir``; returns the folder.
+
+    ``source`` names where the parameters came from in error messages and in the run records.
+    """
     import papermill
 
-    files = [Path(params_files)] if isinstance(params_files, (str, Path)) else [Path(f) for f in params_files]
-    params = load_params(files)
-    params_file = " + ".join(map(str, files))
-    names = list(notebooks) if notebooks else list(NOTEBOOK_CONFIGS)
-    folder = Path(run_dir) if run_dir else REPO_ROOT / "outputs" / files[0].stem
-    folder = folder.resolve()
-    steps = plan(params, names, folder, params_file)
+    names = list(notebooks) if notebooks else list(PIPELINE_NOTEBOOKS)
+    folder = Path(run_dir).resolve()
+    steps = plan(params, names, folder, source)
     folder.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
-    write_run_record(folder / "run.json", {"params_file": params_file, **params}, params.get("seed"), started)
+    write_run_record(folder / "run.json", {"params_file": source, **params}, params.get("seed"), started)
     # pipeline.json keeps every invocation on this folder (e.g. the ADDM and the DDPM training runs of the demo).
     log_path = folder / "pipeline.json"
     history = json.loads(log_path.read_text()).get("invocations", []) if log_path.is_file() else []
-    status: dict[str, Any] = {"params_file": params_file, "cell_timeout_s": cell_timeout,
+    status: dict[str, Any] = {"params_file": source, "cell_timeout_s": cell_timeout,
                               "started_at": started.isoformat(), "notebooks": []}
     history.append(status)
     for step in steps:
-        # one executed copy per model when a notebook is run for several models (model_name)
-        model = step.params.get("model_name", getattr(NOTEBOOK_CONFIGS[step.name](), "model_name", None))
-        suffix = f"-{model}" if model else ""
-        out = folder / "notebooks" / f"{step.path.stem}{suffix}.ipynb"
+        out = folder / "notebooks" / f"{_output_name(step)}.ipynb"
         out.parent.mkdir(parents=True, exist_ok=True)
         entry: dict[str, Any] = {"notebook": step.name, "output": str(out), "params": step.params}
         status["notebooks"].append(entry)
@@ -119,10 +146,10 @@ def run(params_files: str | Path | Sequence[str | Path], run_dir: str | Path | N
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                          wall_time_s=round(time.perf_counter() - t0, 2))
             write_json_atomic(log_path, {"invocations": history})
-            raise RuntimeError(f"notebook {step.name} failed; the executed notebook with the error is {out}") from exc
+            raise NotebookFailed(step.name, out) from exc
         entry.update(status="ok", wall_time_s=round(time.perf_counter() - t0, 2))
         write_json_atomic(log_path, {"invocations": history})
-    write_run_record(folder / "run.json", {"params_file": params_file, **params}, params.get("seed"), started)
+    write_run_record(folder / "run.json", {"params_file": source, **params}, params.get("seed"), started)
     return folder
 
 
@@ -132,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "override earlier ones (params/demo.yaml params/ddpm.yaml trains the DDPM baseline)")
     parser.add_argument("--run-dir", help="run folder (default: outputs/<first params file stem>)")
     parser.add_argument("--notebooks", help="comma-separated notebook names to run (default: the whole pipeline: "
-                        + ", ".join(NOTEBOOK_CONFIGS) + ")")
+                        + ", ".join(PIPELINE_NOTEBOOKS) + ")")
     parser.add_argument("--cell-timeout", type=int, default=3600, help="seconds one cell may run (default 3600)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.notebooks.split(",")] if args.notebooks else None

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 from addmlib import pipeline
-from addmlib.config import NOTEBOOK_CONFIGS, ConfigError
+from addmlib.config import NOTEBOOK_CONFIGS, PIPELINE_NOTEBOOKS, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -62,7 +62,7 @@ def test_cli_reports_bad_parameter_file(tmp_path, capsys):
 def test_pipeline_runs_with_ci_params(tmp_path):
     folder = pipeline.run(ROOT / "params" / "ci.yaml", tmp_path / "run", cell_timeout=600)
     status = json.loads((folder / "pipeline.json").read_text())["invocations"][-1]
-    assert [n["status"] for n in status["notebooks"]] == ["ok"] * len(NOTEBOOK_CONFIGS)
+    assert [n["status"] for n in status["notebooks"]] == ["ok"] * len(PIPELINE_NOTEBOOKS)
     record = json.loads((folder / "run.json").read_text())
     assert record["seed"] == 0 and record["packages"]["torch"].startswith("2.13.0") and "commit" in record["git"]
     checks = json.loads((folder / "00_method" / "method_checks.json").read_text())

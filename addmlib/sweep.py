@@ -1,0 +1,396 @@
+"""Ablation sweeps over lambda x T x seeds: ``python -m addmlib.sweep params/ablation_demo.yaml --run-dir DIR``.
+
+Layout of a sweep folder::
+
+    DIR/data/                          prepared once (notebook 01) and shared by every cell (symlinked)
+    DIR/cells/<cell>/                  one pipeline run folder per cell: notebooks/02_train-model.ipynb,
+                                       notebooks/03_evaluate-steps<n>.ipynb, models/, steps<n>/metrics.json
+    DIR/cells/<cell>/cell.json         the cell's status ("running", "ok", "failed"), error, wall times, metrics
+    DIR/sweep.json                     the sweep's settings and the status of every cell
+
+Each cell runs the training and evaluation *notebooks* through papermill, so every number traces to an executed
+notebook. Cells run in parallel on a local process pool, or on a Dask distributed cluster (``engine: dask``; an
+address such as ``tcp://host:8786`` or one from dask-jobqueue's Slurm/PBS clusters, or a ``LocalCluster`` when empty).
+A restarted sweep skips cells whose ``cell.json`` says "ok" and redoes the others (training resumes from its last
+checkpoint). A failing cell is recorded with its notebook and error; the other cells go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .config import AblationConfig, ConfigError, load_yaml, validate
+from .diffusion import scale_t_star
+from .fileio import write_json_atomic
+from .pipeline import REPO_ROOT, NotebookFailed, load_params, run_params
+
+METRICS = ("auprc", "auroc", "dice", "best_dice")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point: everything a worker needs to train and evaluate it (picklable)."""
+
+    lambda_adv: float
+    num_steps: int
+    seed: int
+    sweep_dir: str
+    params: dict[str, Any] = field(default_factory=dict)
+    eval_steps: tuple[int, ...] = (0,)
+    threads: int = 1
+    cell_timeout: int = 7200
+
+    @property
+    def name(self) -> str:
+        return f"lam{self.lambda_adv:g}_T{self.num_steps}_seed{self.seed}"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.sweep_dir) / "cells" / self.name
+
+
+def resolve_param_file(path: str) -> Path:
+    """A ``base_params`` entry: absolute, or relative to the repository root (``params/demo.yaml``)."""
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def base_parameters(cfg: AblationConfig) -> dict[str, Any]:
+    """The pipeline parameters every cell starts from: the merged ``base_params`` files, then ``cell_params``."""
+    return {**load_params([resolve_param_file(p) for p in cfg.base_params]), **cfg.cell_params}
+
+
+def grid(cfg: AblationConfig, sweep_dir: str | Path) -> list[Cell]:
+    """The cells of the sweep, lambda-major; t* of each cell is ``t_star_at_1000`` scaled to its T (t*/T fixed)."""
+    base = base_parameters(cfg)
+    cells = []
+    for lam in cfg.lambda_grid:
+        for T in cfg.num_steps_grid:
+            for seed in cfg.seed_grid:
+                params = {**base, "lambda_adv": lam, "num_steps": T, "seed": seed,
+                          "t_star": scale_t_star(cfg.t_star_at_1000, T), "model_name": "model",
+                          "threads": cfg.threads_per_cell}
+                cells.append(Cell(lam, T, seed, str(Path(sweep_dir).resolve()), params, tuple(cfg.eval_steps),
+                                  cfg.threads_per_cell, cfg.cell_timeout))
+    return cells
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cell_status(cell: Cell) -> str:
+    """"ok", "failed", "running" (or interrupted) or "todo", from ``cell.json``."""
+    record = _read_json(cell.folder / "cell.json")
+    return record.get("status", "todo") if record else "todo"
+
+
+def _error_text(exc: BaseException) -> str:
+    """The error of a failed notebook: papermill's exception name and value, not the whole traceback."""
+    parts = [f"{type(exc).__name__}: {exc}"]
+    cause = exc.__cause__
+    if cause is not None:
+        ename, evalue = getattr(cause, "ename", None), getattr(cause, "evalue", None)
+        parts.append(f"{ename}: {evalue}" if ename else f"{type(cause).__name__}: {cause}")
+    return "\n".join(parts)
+
+
+def _wall_times(run_dir: Path) -> dict[str, float]:
+    """Seconds per executed notebook, summed over invocations (a resumed cell has several)."""
+    log = _read_json(run_dir / "pipeline.json") or {}
+    totals: dict[str, float] = {}
+    for inv in log.get("invocations", []):
+        for nb in inv.get("notebooks", []):
+            key = Path(nb["output"]).stem
+            totals[key] = round(totals.get(key, 0.0) + float(nb.get("wall_time_s", 0.0)), 2)
+    return totals
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Train and evaluate one cell through its notebooks; never raises (errors are returned and recorded)."""
+    folder = cell.folder
+    record_path = folder / "cell.json"
+    previous = _read_json(record_path)
+    if previous and previous.get("status") == "ok":
+        return {**previous, "skipped": True}
+    # threads for every kernel this worker starts (set before they import torch)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(cell.threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    data_link = folder / "data"
+    if not data_link.exists():
+        data_link.symlink_to(os.path.relpath(Path(cell.sweep_dir) / "data", folder))
+    record: dict[str, Any] = {"cell": cell.name, "lambda_adv": cell.lambda_adv, "num_steps": cell.num_steps,
+                              "seed": cell.seed, "t_star": cell.params["t_star"], "status": "running",
+                              "host": os.uname().nodename, "pid": os.getpid(),
+                              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(record_path, record)
+    t0 = time.perf_counter()
+    evals: list[dict[str, Any]] = []
+    try:
+        run_params(cell.params, folder, ["02_train"], cell.cell_timeout, f"sweep cell {cell.name}")
+        t_star = int(cell.params["t_star"])
+        for n in cell.eval_steps:
+            steps = t_star if n == 0 or n > t_star else n
+            name = f"steps{steps}"
+            if any(e["eval_name"] == name for e in evals):
+                continue  # e.g. 50 and 0 (all) coincide when t* = 50
+            eval_params = {**cell.params, "models": ["model"], "sample_steps": steps, "eval_name": name,
+                           "autoencoder": False, "write_nifti": False}
+            run_params(eval_params, folder, ["03_evaluate"], cell.cell_timeout, f"sweep cell {cell.name}")
+            evals.append({"eval_name": name, "steps": steps, "metrics": str(folder / name / "metrics.json")})
+        record.update(status="ok")
+    except Exception as exc:  # a failed cell is reported, the sweep goes on
+        record.update(status="failed", error=_error_text(exc),
+                      notebook=str(exc.notebook) if isinstance(exc, NotebookFailed) else None,
+                      traceback=traceback.format_exc(limit=3))
+    record.update(evaluations=evals, wall_time_s=round(time.perf_counter() - t0, 1),
+                  notebook_wall_time_s=_wall_times(folder))
+    write_json_atomic(record_path, record)
+    return record
+
+
+def _run_local(cells: Sequence[Cell], workers: int, on_done: Callable[[dict[str, Any]], None]) -> None:
+    # spawn, not fork: the parent may hold torch/OpenMP state that must not be copied into workers
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
+        futures = {pool.submit(run_cell, c): c for c in cells}
+        for fut in as_completed(futures):
+            cell = futures[fut]
+            try:
+                on_done(fut.result())
+            except Exception as exc:  # the worker process died (killed, out of memory)
+                on_done({"cell": cell.name, "status": "failed", "error": f"worker died: {_error_text(exc)}"})
+    except KeyboardInterrupt:  # stop running cells too (their kernels exit with them); a rerun resumes them
+        for proc in mp.active_children():
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _run_dask(cells: Sequence[Cell], workers: int, address: str,
+              on_done: Callable[[dict[str, Any]], None]) -> None:
+    from distributed import Client, LocalCluster, as_completed as dask_completed
+
+    cluster = None
+    if address:
+        client = Client(address)
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = {client.submit(run_cell, c, key=f"addm-cell-{c.name}-{time.time_ns()}", pure=False): c
+                   for c in cells}
+        for fut in dask_completed(list(futures)):
+            cell = futures[fut]
+            try:
+                on_done(fut.result())
+            except Exception as exc:
+                on_done({"cell": cell.name, "status": "failed", "error": f"dask task failed: {_error_text(exc)}"})
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def prepare_data(cfg: AblationConfig, sweep_dir: Path) -> None:
+    """Notebook 01 into ``sweep_dir`` with the base parameters (reused when already prepared with them)."""
+    params = {**base_parameters(cfg), "seed": cfg.seed, "threads": cfg.threads}
+    run_params(params, sweep_dir, ["01_prepare_data"], cfg.cell_timeout, "sweep data")
+
+
+def run_sweep(cfg: AblationConfig, sweep_dir: str | Path,
+              progress: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+    """Prepare the data, run every unfinished cell, write ``sweep.json``; returns one record per cell."""
+    sweep_dir = Path(sweep_dir).resolve()
+    cells = grid(cfg, sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.engine == "local" and cfg.workers * cfg.threads_per_cell > (os.cpu_count() or 1) and progress:
+        progress(f"warning: workers x threads_per_cell = {cfg.workers * cfg.threads_per_cell} > "
+                 f"{os.cpu_count()} cores; torch slows down badly when processes compete for cores")
+    prepare_data(cfg, sweep_dir)
+    done = {c.name: _read_json(c.folder / "cell.json") for c in cells if cell_status(c) == "ok"}
+    todo = [c for c in cells if c.name not in done]
+    if progress:
+        progress(f"[sweep] {len(cells)} cells: {len(done)} finished (skipped), {len(todo)} to run on "
+                 f"{cfg.engine} with {cfg.workers} worker(s) x {cfg.threads_per_cell} thread(s)")
+    records: dict[str, dict[str, Any]] = {n: {**r, "skipped": True} for n, r in done.items() if r}
+
+    def on_done(record: dict[str, Any]) -> None:
+        records[record["cell"]] = record
+        if progress:
+            extra = f" ({record.get('wall_time_s', '?')} s)" if record["status"] == "ok" else \
+                f": {record.get('error', '').splitlines()[-1] if record.get('error') else ''} " \
+                f"[notebook {record.get('notebook')}]"
+            progress(f"[sweep] {record['cell']}: {record['status']}{extra}")
+        _write_sweep(cfg, sweep_dir, cells, records)
+
+    _write_sweep(cfg, sweep_dir, cells, records)
+    if todo:
+        if cfg.engine == "dask":
+            _run_dask(todo, cfg.workers, cfg.dask_address, on_done)
+        else:
+            _run_local(todo, cfg.workers, on_done)
+    return [records[c.name] for c in cells if c.name in records]
+
+
+def _write_sweep(cfg: AblationConfig, sweep_dir: Path, cells: Sequence[Cell],
+                 records: Mapping[str, dict[str, Any]]) -> None:
+    write_json_atomic(sweep_dir / "sweep.json", {
+        "config": asdict(cfg),
+        "cells": {c.name: {"status": records.get(c.name, {}).get("status", "todo"),
+                           "error": records.get(c.name, {}).get("error")} for c in cells}})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results: one row per (cell, evaluation steps, set), then mean +- std over seeds, then the paper's two claims.
+# ---------------------------------------------------------------------------------------------------------------
+
+def results_frame(sweep_dir: str | Path):
+    """A pandas DataFrame with one row per finished cell x evaluation (steps) x evaluation set."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted((Path(sweep_dir) / "cells").glob("*/cell.json")):
+        rec = _read_json(path)
+        if not rec or rec.get("status") != "ok":
+            continue
+        train_s = sum(v for k, v in rec.get("notebook_wall_time_s", {}).items() if k.startswith("02_train"))
+        for ev in rec.get("evaluations", []):
+            metrics = _read_json(Path(ev["metrics"]))
+            if metrics is None:
+                continue
+            (label, res), = metrics["results"].items()
+            info = metrics["models"][label]
+            for split, values in res.items():
+                if not split.startswith("eval_"):
+                    continue
+                pooled, per_vol = values["pooled"], values["per_volume_summary"]
+                rows.append({"cell": rec["cell"], "lambda_adv": rec["lambda_adv"], "num_steps": rec["num_steps"],
+                             "seed": rec["seed"], "t_star": rec["t_star"], "steps": ev["steps"], "split": split,
+                             **{m: pooled[m] for m in METRICS},
+                             "auprc_per_volume_mean": per_vol["auprc"][0],
+                             "train_wall_s": train_s, "eval_wall_s": info.get("wall_time_s", math.nan),
+                             "slices": info.get("slices_scored")})
+    return pd.DataFrame(rows)
+
+
+def summary_table(df, split: str, metric: str = "auprc", steps: int | None = None):
+    """Mean and std over seeds per (lambda, T) for one set; ``steps=None`` takes each cell's largest evaluation.
+
+    Columns: lambda_adv, num_steps, steps, n_seeds, <metric>_mean, <metric>_std (NaN with one seed), wall times.
+    """
+    import pandas as pd
+
+    if df.empty:
+        return pd.DataFrame(columns=["lambda_adv", "num_steps", "steps", "n_seeds", f"{metric}_mean",
+                                     f"{metric}_std"])
+    d = df[df["split"] == split]
+    if steps is None:
+        d = d[d["steps"] == d.groupby("cell")["steps"].transform("max")]
+    else:
+        d = d[d["steps"] == steps]
+    g = d.groupby(["lambda_adv", "num_steps", "steps"])
+    out = g.agg(n_seeds=("seed", "nunique"), mean=(metric, "mean"), std=(metric, "std"),
+                train_wall_s=("train_wall_s", "mean"), eval_wall_s=("eval_wall_s", "mean")).reset_index()
+    return out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_std"})
+
+
+def _verdict(diff: float, spread: float, n: int) -> str:
+    if n < 2 or not math.isfinite(spread):
+        return "undecided (one seed: no spread to compare with)"
+    if abs(diff) <= spread:
+        return "within the seed spread"
+    return "better" if diff > 0 else "worse"
+
+
+def claims(df, split: str, metric: str = "auprc") -> list[dict[str, Any]]:
+    """The paper's two claims on this sweep, each comparison with its difference and the seed spread.
+
+    Claim 1: at equal T and equal sampling steps, lambda > 0 beats lambda = 0. Claim 2: ADDM with T/2 (so half the
+    steps from the same relative depth t*/T) matches DDPM with T: compared at steps in the same 1:2 ratio when the
+    sweep evaluated such a pair, else at each cell's largest evaluation (said so in the row).
+    """
+    out: list[dict[str, Any]] = []
+    if df.empty:
+        return out
+    d = df[df["split"] == split]
+    stats = d.groupby(["lambda_adv", "num_steps", "steps"])[metric].agg(["mean", "std", "count"])
+    for (lam, T, steps), row in stats.iterrows():
+        if lam == 0 or (0.0, T, steps) not in stats.index:
+            continue
+        base = stats.loc[(0.0, T, steps)]
+        diff, spread = row["mean"] - base["mean"], max(row["std"], base["std"])
+        out.append({"claim": 1, "addm": f"λ={lam:g}, T={T}, {steps} steps", "ddpm": f"λ=0, T={T}, {steps} steps",
+                    "addm_mean": row["mean"], "ddpm_mean": base["mean"], "diff": diff, "seed_spread": spread,
+                    "verdict": _verdict(diff, spread, int(min(row["count"], base["count"])))})
+    Ts = sorted(d["num_steps"].unique())
+    for T_full in Ts:
+        T_half = T_full // 2
+        if T_half not in Ts or T_full % 2:
+            continue
+        ddpm_steps = sorted(stats.loc[(0.0, T_full)].index) if (0.0, T_full) in stats.index.droplevel(2) else []
+        for lam in sorted(d["lambda_adv"].unique()):
+            if lam == 0 or (lam, T_half) not in stats.index.droplevel(2):
+                continue
+            addm_steps = sorted(stats.loc[(lam, T_half)].index)
+            pairs = [(s, 2 * s) for s in addm_steps if 2 * s in ddpm_steps]
+            note = "steps in ratio 1:2"
+            if not pairs and addm_steps and ddpm_steps:
+                pairs, note = [(addm_steps[-1], ddpm_steps[-1])], "largest evaluation of each (not 1:2)"
+            for sa, sd in pairs:
+                a, b = stats.loc[(lam, T_half, sa)], stats.loc[(0.0, T_full, sd)]
+                diff, spread = a["mean"] - b["mean"], max(a["std"], b["std"])
+                out.append({"claim": 2, "addm": f"λ={lam:g}, T={T_half}, {sa} steps",
+                            "ddpm": f"λ=0, T={T_full}, {sd} steps", "addm_mean": a["mean"], "ddpm_mean": b["mean"],
+                            "diff": diff, "seed_spread": spread, "note": note,
+                            "verdict": _verdict(diff, spread, int(min(a["count"], b["count"])))})
+    return out
+
+
+def load_config(files: Iterable[str | Path], overrides: Mapping[str, Any] | None = None) -> AblationConfig:
+    """An AblationConfig from flat YAML files (later override earlier) and overrides; errors name the file."""
+    files = list(files)
+    params: dict[str, Any] = {}
+    for f in files:
+        params.update(load_yaml(f))
+    params.update(overrides or {})
+    return validate(AblationConfig, params, " + ".join(map(str, files)) or "parameters")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m addmlib.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("params", nargs="+", help="YAML file(s) with notebooks/04_ablation.ipynb's parameters")
+    parser.add_argument("--run-dir", required=True, help="the sweep folder (rerun with the same folder to resume)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.params)
+        for p in cfg.base_params:
+            if not resolve_param_file(p).is_file():
+                raise ConfigError(f"{args.params}: base_params file {p!r} not found")
+        records = run_sweep(cfg, args.run_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = [r["cell"] for r in records if r.get("status") != "ok"]
+    print(f"[sweep] done: {len(records) - len(failed)} ok, {len(failed)} failed {failed if failed else ''}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
