@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test ci-params ablation-demo clean-venv
+.PHONY: setup demo test ci-params ablation-demo bench clean-venv
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ ablation-demo: setup
 	mkdir -p $(ABLATION_DIR)
 	$(PY) -m papermill notebooks/04_ablation.ipynb $(ABLATION_DIR)/04_ablation.ipynb -f params/ablation_demo.yaml \
 		-p run_dir $(ABLATION_DIR) --cwd notebooks
+
+# The benchmark (notebooks/06_benchmark.ipynb): ours vs diffusers, peak fraction, volume scoring, quality vs steps.
+# Uses the demo run's models for the quality-cost curve (make demo first); about 25 minutes on 2 quiet cores.
+BENCH_DIR := $(CURDIR)/outputs/bench
+bench: setup
+	mkdir -p $(BENCH_DIR)
+	$(PY) -m papermill notebooks/06_benchmark.ipynb $(BENCH_DIR)/06_benchmark.ipynb -f params/bench_demo.yaml \
+		-p run_dir $(BENCH_DIR) -p quality_run_dir $(CURDIR)/outputs/demo --cwd notebooks
 
 ci-params: setup
 	$(PY) -m addmlib.pipeline params/ci.yaml

@@ -369,12 +369,63 @@ class AblationConfig(RunConfig):
             raise ValueError(f"cell_params may not set {clash}: the sweep sets them per cell")
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchConfig(RunConfig):
+    """notebooks/06_benchmark.ipynb: speed and memory against a peer (diffusers), this machine's peak, volume scoring
+    cost, the fast path's switches, and the quality-cost curve of the trained models of ``quality_run_dir``.
+
+    The benchmarked U-Net is given by ``image_size`` and the ``unet_*`` sizes (the demo's by default); each case runs in
+    its own process with ``threads`` torch threads. ``volume_steps``: strided steps from ``t_star`` (0 = every step);
+    volume sizes above ``image_size`` are timed at the fewest of them only (time is linear in steps). The naive
+    slice-by-slice loop is timed on ``naive_slices`` slices (per-slice cost).
+    """
+
+    run_dir: str = "../outputs/bench"
+    device: str = "auto"
+    image_size: int = 64
+    unet_base_channels: int = 32
+    unet_channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    unet_num_res_blocks: int = 1
+    batch_size: int = 8
+    train_steps: int = 10
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    denoise_batches: tuple[int, ...] = (1, 4, 16)
+    volume_sizes: tuple[int, ...] = (64, 128)
+    volume_slices: int = 150
+    naive_slices: int = 30
+    t_star: int = 250
+    volume_steps: tuple[int, ...] = (50, 25)
+    quality_run_dir: str = "../outputs/demo"
+    quality_models: tuple[str, ...] = ("addm", "ddpm")
+    quality_steps: tuple[int, ...] = (12, 25, 50)
+    quality_slice_stride: int = 9
+    quality_set: Literal["eval_a", "eval_b"] = "eval_a"
+
+    def check(self) -> None:
+        super().check()
+        bad = [d for d in self.dtypes if d not in ("fp32", "bf16", "fp16")]
+        if bad or "fp32" not in self.dtypes:
+            raise ValueError(f"dtypes must include 'fp32' and hold only 'fp32', 'bf16', 'fp16'; got {list(self.dtypes)}")
+        for name in ("batch_size", "train_steps", "volume_slices", "naive_slices", "t_star", "quality_slice_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(s < 0 or s > self.t_star for s in self.volume_steps) or not self.volume_steps:
+            raise ValueError(f"volume_steps must be in [0, t_star={self.t_star}] (0 = every step), "
+                             f"got {list(self.volume_steps)}")
+        if any(s < 1 for s in self.quality_steps) or any(b < 1 for b in self.denoise_batches):
+            raise ValueError("quality_steps and denoise_batches must be >= 1")
+        for size in (self.image_size, *self.volume_sizes):
+            if size % 2 ** (len(self.unet_channel_mult) - 1):
+                raise ValueError(f"size {size} must be divisible by 2^(len(unet_channel_mult) - 1)")
+
+
 NOTEBOOK_CONFIGS: dict[str, type] = {
     "00_method": MethodConfig,
     "01_prepare_data": PrepareConfig,
     "02_train": TrainConfig,
     "03_evaluate": EvalConfig,
     "04_ablation": AblationConfig,
+    "06_benchmark": BenchConfig,
 }
 """Notebook stem -> its config."""
 

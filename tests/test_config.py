@@ -7,7 +7,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from addmlib.config import NOTEBOOK_CONFIGS, ConfigError, MethodConfig, load_yaml, notebook_config, validate
+from addmlib.config import NOTEBOOK_CONFIGS, PIPELINE_NOTEBOOKS, ConfigError, MethodConfig, load_yaml, notebook_config, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,10 +74,11 @@ def test_shared_parameter_names_have_one_type():
 @pytest.mark.parametrize("yaml_name", ["ci", "demo", "paper", "ddpm", "simplex"])
 def test_every_params_file_is_valid_for_the_notebooks(yaml_name):
     params = load_yaml(ROOT / "params" / f"{yaml_name}.yaml")
-    for name, cls in NOTEBOOK_CONFIGS.items():
+    pipeline_configs = {n: NOTEBOOK_CONFIGS[n] for n in PIPELINE_NOTEBOOKS}
+    for name, cls in pipeline_configs.items():
         own = {f.name for f in dataclasses.fields(cls)}
         validate(cls, {k: v for k, v in params.items() if k in own}, f"{yaml_name}.yaml for {name}")
-    everything = {f.name for c in NOTEBOOK_CONFIGS.values() for f in dataclasses.fields(c)}
+    everything = {f.name for c in pipeline_configs.values() for f in dataclasses.fields(c)}
     assert set(params) <= everything, set(params) - everything
 
 
@@ -90,3 +91,10 @@ def test_notebook_config_ignores_ipython_and_other_notebooks_but_not_typos(monke
     ns["epoch"] = 5  # a typo: error naming it
     with pytest.raises(ConfigError, match="'epoch'"):
         notebook_config(MethodConfig, ns, "00_method")
+
+
+@pytest.mark.parametrize("yaml_name,cls_name", [("ablation_ci", "04_ablation"), ("ablation_demo", "04_ablation"),
+                                                ("ablation_paper", "04_ablation"), ("bench_ci", "06_benchmark"),
+                                                ("bench_demo", "06_benchmark")])
+def test_sweep_and_benchmark_params_files_are_valid(yaml_name, cls_name):
+    validate(NOTEBOOK_CONFIGS[cls_name], load_yaml(ROOT / "params" / f"{yaml_name}.yaml"), f"{yaml_name}.yaml")

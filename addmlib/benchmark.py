@@ -1,0 +1,413 @@
+"""Benchmarks, each case in its own process: ``python -m addmlib.benchmark params/bench_demo.yaml --out DIR``.
+
+Cases (each returns one JSON row; measured in a fresh process so that peak memory, threads and allocator settings
+belong to that case alone):
+
+* ``peak``: this machine's dense peak for a GEMM and a channels-last 3x3 convolution (same dtype and threads);
+* ``train``: one DDPM training step (forward, MSE, backward, Adam) of our U-Net or of a ``diffusers``
+  ``UNet2DModel`` matched to it in parameters, at a dtype (fp32, or bf16/fp16 autocast) and memory layout;
+  FLOPs per step counted with ``torch.utils.flop_counter`` give the achieved GFLOP/s;
+* ``denoise``: seconds per image per reverse step for a list of batch sizes (to choose the scoring batch);
+* ``volume``: scoring one synthetic N x N x Z volume end to end with ``detect.score_volume`` (timing does not depend
+  on the weights, which are random), batched or slice by slice, with a number of strided steps from t*.
+
+Timing is wall clock of whole steps after warm-up (CUDA synchronised), the median of the timed repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .diffusion import GaussianDiffusion, beta_schedule
+from .nets import UNet, UNetConfig
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184",
+              "MALLOC_TOP_PAD_": "1073741824"}
+"""glibc allocator settings (read at process start): keep freed memory instead of returning it to the OS."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# machine and models
+# ---------------------------------------------------------------------------------------------------------------
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and the SIMD flags that matter for torch, cores, torch version and build, GPU if any."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx_vnni")
+    info = {"cpu": model, "cpu_flags": [f for f in wanted if f in flags], "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(), "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _attn(size: int, mult: Sequence[int], attn: Sequence[int] | None) -> tuple[int, ...]:
+    """Attention resolutions; default: the lowest level only (the demo's 8x8 at 64^2)."""
+    return tuple(attn) if attn else (size // 2 ** (len(mult) - 1),)
+
+
+def unet_config(size: int, base: int, mult: Sequence[int], res_blocks: int,
+                attn: Sequence[int] | None = None) -> UNetConfig:
+    """Our U-Net (attention at ``attn`` resolutions and in the middle)."""
+    return UNetConfig(base_channels=base, channel_mult=tuple(mult), num_res_blocks=res_blocks,
+                      attention_resolutions=_attn(size, mult, attn))
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def diffusers_unet(size: int, base: int, mult: Sequence[int], res_blocks: int,
+                   attn: Sequence[int] | None = None) -> torch.nn.Module:
+    """``diffusers.UNet2DModel`` with our layout: the same levels, blocks per level, attention levels and heads."""
+    from diffusers import UNet2DModel
+
+    at = _attn(size, mult, attn)
+    levels = [size // 2 ** i in at for i in range(len(mult))]
+    groups = 32 if base % 32 == 0 else 8
+    return UNet2DModel(sample_size=size, in_channels=1, out_channels=1, layers_per_block=res_blocks,
+                       block_out_channels=tuple(base * m for m in mult), norm_num_groups=groups,
+                       down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in levels),
+                       up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels)),
+                       attention_head_dim=max(8, base * mult[-1] // 4))
+
+
+def matched_diffusers_base(size: int, base: int, mult: Sequence[int], res_blocks: int,
+                           attn: Sequence[int] | None = None) -> int:
+    """The diffusers base width (a multiple of 8) whose parameter count is closest to our U-Net's."""
+    target = count_params(UNet(unet_config(size, base, mult, res_blocks, attn), size))
+    if count_params(diffusers_unet(size, base, mult, res_blocks, attn)) == target:
+        return base
+    candidates = range(8, 2 * base + 1, 8)
+    return min(candidates, key=lambda b: abs(count_params(diffusers_unet(size, b, mult, res_blocks, attn)) - target))
+
+
+def build(model: str, size: int, base: int, mult: Sequence[int], res_blocks: int,
+          attn: Sequence[int] | None = None) -> tuple[torch.nn.Module, Callable]:
+    """(module, call(x, t) -> eps) for "ours" or "diffusers" (the latter matched in parameters to ours)."""
+    if model == "ours":
+        net = UNet(unet_config(size, base, mult, res_blocks, attn), size)
+        return net, net
+    if model == "diffusers":
+        net = diffusers_unet(size, matched_diffusers_base(size, base, mult, res_blocks, attn), mult, res_blocks, attn)
+        return net, lambda x, t: net(x, t).sample
+    raise ValueError(f"unknown model {model!r}; expected 'ours' or 'diffusers'")
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, budget_s: float = 30.0) -> float:
+    """Median seconds of ``fn`` over ``repeats`` calls after ``warmup`` calls; stops early (at least one timed call,
+    one warm-up) once ``budget_s`` is spent, so slow configurations (bf16 without hardware support) stay bounded."""
+    t_start = time.perf_counter()
+    for i in range(warmup):
+        if i and time.perf_counter() - t_start > budget_s:
+            break
+        fn()
+    _sync(device)
+    times: list[float] = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if t0 - t_start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cases
+# ---------------------------------------------------------------------------------------------------------------
+
+def case_peak(device: torch.device, dtype: str = "fp32", gemm_n: int = 1024, conv_channels: int = 64,
+              conv_size: int = 64, conv_batch: int = 8, repeats: int = 5) -> dict[str, Any]:
+    """GFLOP/s of an n x n x n GEMM (2n^3 FLOPs) and a channels-last 3x3 convolution (2 N C_out H W C_in 9 FLOPs)."""
+    a, b = torch.randn(gemm_n, gemm_n, device=device), torch.randn(gemm_n, gemm_n, device=device)
+    conv = torch.nn.Conv2d(conv_channels, conv_channels, 3, padding=1).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(conv_batch, conv_channels, conv_size, conv_size, device=device).to(
+        memory_format=torch.channels_last)
+    with torch.no_grad(), _autocast(device, dtype):
+        t_gemm = _timed(lambda: a @ b, device, 2, repeats)
+        t_conv = _timed(lambda: conv(x), device, 2, repeats)
+    conv_flops = 2 * conv_batch * conv_channels * conv_size ** 2 * conv_channels * 9
+    return {"gemm_gflops": round(2 * gemm_n ** 3 / t_gemm / 1e9, 2), "conv3x3_cl_gflops":
+            round(conv_flops / t_conv / 1e9, 2), "gemm_n": gemm_n,
+            "conv": f"{conv_batch}x{conv_channels}x{conv_size}x{conv_size}, 3x3, {conv_channels} out"}
+
+
+def train_step_fn(net: torch.nn.Module, call: Callable, batch: int, size: int, device: torch.device, dtype: str,
+                  channels_last: bool, num_steps: int = 1000) -> Callable[[], float]:
+    """One DDPM step (Eq. L_DDPM): t ~ U, eps ~ N, || eps - eps_theta(sqrt(abar) x0 + sqrt(1-abar) eps, t) ||^2."""
+    net.train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net.to(device).to(memory_format=fmt)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and dtype == "fp16")
+    abar = torch.cumprod(1 - beta_schedule("linear", num_steps), 0).float().to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x0 = torch.rand(batch, 1, size, size, device=device, generator=gen) * 2 - 1
+
+    def step() -> float:
+        t = torch.randint(0, num_steps, (batch,), device=device, generator=gen)
+        eps = torch.randn(x0.shape, device=device, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        xt = (a.sqrt() * x0 + (1 - a).sqrt() * eps).contiguous(memory_format=fmt)
+        with _autocast(device, dtype):
+            loss = torch.nn.functional.mse_loss(call(xt, t).float(), eps)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return float(loss.detach())
+
+    return step
+
+
+def _flops(fn: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def case_train(device: torch.device, model: str, size: int, base: int, mult: Sequence[int], res_blocks: int,
+               batch: int, dtype: str = "fp32", channels_last: bool = False, steps: int = 10,
+               warmup: int = 3, attn: Sequence[int] | None = None, budget_s: float = 30.0) -> dict[str, Any]:
+    torch.manual_seed(0)
+    net, call = build(model, size, base, mult, res_blocks, attn)
+    step = train_step_fn(net, call, batch, size, device, dtype, channels_last)
+    flops = _flops(step)  # one step, counted (forward + backward)
+    s = _timed(step, device, warmup, steps, budget_s)
+    return {"params": count_params(net), "gflop_per_step": round(flops / 1e9, 3), "s_per_step": round(s, 4),
+            "images_per_s": round(batch / s, 2), "achieved_gflops": round(flops / s / 1e9, 2),
+            "peak_memory_mb": _peak_memory_mb(device)}
+
+
+def _denoiser(net: torch.nn.Module, device: torch.device, dtype: str, channels_last: bool) -> Callable:
+    """eps_theta(x, t) in eval mode with the chosen autocast and layout, returning fp32."""
+    net.eval().to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, dtype):
+            return net(x, t).float()
+
+    return eps
+
+
+def case_denoise(device: torch.device, size: int, base: int, mult: Sequence[int], res_blocks: int,
+                 batches: Sequence[int], dtype: str = "fp32", channels_last: bool = False,
+                 repeats: int = 5, attn: Sequence[int] | None = None) -> dict[str, Any]:
+    """Seconds per image per network evaluation (one reverse step) for each batch size."""
+    torch.manual_seed(0)
+    net = UNet(unet_config(size, base, mult, res_blocks, attn), size)
+    eps = _denoiser(net, device, dtype, channels_last)
+    per_image = {}
+    with torch.no_grad():
+        for b in batches:
+            x = torch.randn(b, 1, size, size, device=device)
+            t = torch.full((b,), 100, device=device, dtype=torch.long)
+            per_image[str(b)] = round(_timed(lambda: eps(x, t), device, 2, repeats) / b, 5)
+    best = min(per_image, key=per_image.get)
+    return {"s_per_image_step": per_image, "best_batch": int(best), "params": count_params(net),
+            "peak_memory_mb": _peak_memory_mb(device)}
+
+
+def case_volume(device: torch.device, size: int, base: int, mult: Sequence[int], res_blocks: int, slices: int,
+                t_star: int, steps: int, batch: int, dtype: str = "fp32", channels_last: bool = False,
+                num_steps: int = 1000, attn: Sequence[int] | None = None) -> dict[str, Any]:
+    """Wall time of ``detect.score_volume`` on one synthetic size x size x slices volume (batch 1 = slice by slice)."""
+    from .detect import score_volume
+
+    torch.manual_seed(0)
+    net = UNet(unet_config(size, base, mult, res_blocks, attn), size)
+    eps = _denoiser(net, device, dtype, channels_last)
+    diffusion = GaussianDiffusion(num_steps, "linear")
+    volume = torch.rand(size, size, slices).numpy() * 2 - 1
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():  # warm-up on one batch
+        score_volume(eps, diffusion, volume, list(range(min(batch, slices))), t_star, 2, "ddpm", batch_size=batch,
+                     generator=gen, device=device)
+    _sync(device)
+    t0 = time.perf_counter()
+    score_volume(eps, diffusion, volume, list(range(slices)), t_star, steps, "ddpm", batch_size=batch,
+                 generator=gen, device=device)
+    _sync(device)
+    wall = time.perf_counter() - t0
+    return {"wall_s": round(wall, 2), "s_per_slice": round(wall / slices, 4), "params": count_params(net),
+            "peak_memory_mb": _peak_memory_mb(device)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plans: which cases the benchmark notebook runs, and how the fast path is chosen from the measurements
+# ---------------------------------------------------------------------------------------------------------------
+
+def arch(cfg: Any, size: int | None = None) -> dict[str, Any]:
+    """The benchmarked U-Net (the demo's by default) at ``size``."""
+    return {"size": size or cfg.image_size, "base": cfg.unet_base_channels, "mult": list(cfg.unet_channel_mult),
+            "res_blocks": cfg.unet_num_res_blocks}
+
+
+def peak_cases(cfg: Any) -> list[dict[str, Any]]:
+    return [{"case": "peak", "label": f"peak {d}", "threads": cfg.threads, "device": cfg.device, "dtype": d}
+            for d in cfg.dtypes]
+
+
+def train_cases(cfg: Any) -> list[dict[str, Any]]:
+    """Ours and the matched diffusers U-Net, same batch/resolution/threads, for each dtype, plain and channels-last."""
+    out = []
+    for d in cfg.dtypes:
+        for cl in (False, True):
+            for model in ("ours", "diffusers"):
+                out.append({"case": "train", "label": f"train {model} {d}{' CL' if cl else ''}", "model": model,
+                            "threads": cfg.threads, "device": cfg.device, "dtype": d, "channels_last": cl,
+                            "batch": cfg.batch_size, "steps": cfg.train_steps, "budget_s": 20.0, **arch(cfg)})
+    return out
+
+
+def denoise_cases(cfg: Any, size: int) -> list[dict[str, Any]]:
+    """Per-image cost of a reverse step for each batch size: fp32 with each combination of channels-last and the
+    allocator settings; other dtypes (slow where the CPU lacks them) with the allocator settings, at batches <= 4."""
+    out = []
+    for d in cfg.dtypes:
+        for cl in (False, True):
+            for malloc in ((False, True) if d == "fp32" else (True,)):
+                batches = list(cfg.denoise_batches) if d == "fp32" else [b for b in cfg.denoise_batches if b <= 4]
+                out.append({"case": "denoise", "label": f"denoise {size}² {d}{' CL' if cl else ''}"
+                            f"{' malloc' if malloc else ''}", "threads": cfg.threads, "device": cfg.device,
+                            "dtype": d, "channels_last": cl, "malloc": malloc, "batches": batches or [1],
+                            **arch(cfg, size)})
+    return out
+
+
+def fastest(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The denoise row (dtype, layout, allocator) and batch with the lowest seconds per image-step."""
+    best = min((r for r in rows if "s_per_image_step" in r),
+               key=lambda r: min(r["s_per_image_step"].values()))
+    return {"dtype": best["dtype"], "channels_last": best["channels_last"], "malloc": best["malloc"],
+            "batch": best["best_batch"], "s_per_image_step": min(best["s_per_image_step"].values())}
+
+
+def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One volume with the fast path for each of ``volume_steps`` (sizes above ``image_size``: the fewest only, time
+    being linear in steps), and the naive loop (batch 1, fp32, no switches) at the fewest steps on ``naive_slices``."""
+    steps_list = sorted({cfg.t_star if s == 0 else s for s in cfg.volume_steps}, reverse=True)
+    if size > cfg.image_size:
+        steps_list = steps_list[-1:]
+    out = []
+    for n in steps_list:
+        common = {"case": "volume", "threads": cfg.threads, "device": cfg.device, "slices": cfg.volume_slices,
+                  "t_star": cfg.t_star, "steps": n, **arch(cfg, size)}
+        out.append({**common, "label": f"volume {size}² {n} steps, fast", "batch": fast["batch"],
+                    "dtype": fast["dtype"], "channels_last": fast["channels_last"], "malloc": fast["malloc"]})
+        if n == steps_list[-1]:
+            out.append({**common, "label": f"volume {size}² {n} steps, naive loop", "batch": 1, "dtype": "fp32",
+                        "channels_last": False, "malloc": False, "slices": min(cfg.naive_slices, cfg.volume_slices)})
+    return out
+
+
+CASES: dict[str, Callable[..., dict[str, Any]]] = {"peak": case_peak, "train": case_train, "denoise": case_denoise,
+                                                    "volume": case_volume}
+
+
+def run_case_here(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one case in this process (threads and device from ``spec``)."""
+    spec = dict(spec)
+    kind, threads, device = spec.pop("case"), int(spec.pop("threads")), spec.pop("device", "auto")
+    spec.pop("malloc", None)
+    spec.pop("label", None)
+    torch.set_num_threads(threads)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    return CASES[kind](dev, **spec)
+
+
+def run_case(spec: Mapping[str, Any], timeout: int = 1800) -> dict[str, Any]:
+    """Run one case in a fresh Python process; returns the spec, the result (or the error) and the process's wall."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONUNBUFFERED": "1"}
+    for k in MALLOC_ENV:
+        env.pop(k, None)
+    if spec.get("malloc"):
+        env.update(MALLOC_ENV)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "addmlib.benchmark", "--case", json.dumps(dict(spec))],
+                          capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=Path(__file__).resolve().parent.parent)
+    row: dict[str, Any] = {**spec, "process_wall_s": round(time.perf_counter() - t0, 1)}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        row["error"] = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    else:
+        row.update(json.loads(lines[-1]))
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m addmlib.benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", help="run one case given as JSON in this process and print its result")
+    parser.add_argument("--cases", help="a JSON file holding a list of cases: run each in its own process")
+    parser.add_argument("--out", help="with --cases: write the rows as JSON here")
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case_here(json.loads(args.case))), flush=True)
+        return 0
+    if args.cases:
+        rows = []
+        for spec in json.loads(Path(args.cases).read_text()):
+            row = run_case(spec)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=1))
+        return 0
+    parser.error("give --case or --cases")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

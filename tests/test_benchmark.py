@@ -1,0 +1,74 @@
+"""The benchmark: matched peer, case isolation, the fast-path choice, and the notebook end to end (tiny sizes)."""
+
+import json
+from pathlib import Path
+
+import papermill
+import pytest
+import yaml
+
+from addmlib import benchmark as bm
+from addmlib import pipeline
+from addmlib.config import BenchConfig, ConfigError, validate
+from addmlib.nets import UNet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("args", [(64, 32, (1, 2, 2, 2), 1, None), (256, 128, (1, 1, 2, 2, 4, 4), 2, (16,))])
+def test_diffusers_peer_has_our_layout_and_parameter_count(args):
+    size, base, mult, blocks, attn = args
+    ours = bm.count_params(UNet(bm.unet_config(size, base, mult, blocks, attn), size))
+    assert bm.matched_diffusers_base(size, base, mult, blocks, attn) == base
+    assert bm.count_params(bm.diffusers_unet(size, base, mult, blocks, attn)) == ours
+
+
+def test_train_case_counts_flops_and_runs_in_its_own_process():
+    spec = {"case": "train", "label": "t", "threads": 1, "model": "ours", "size": 16, "base": 8, "mult": [1, 2],
+            "res_blocks": 1, "batch": 2, "steps": 1, "warmup": 1}
+    row = bm.run_case(spec)
+    assert "error" not in row, row
+    # FLOPs of a training step are about 3x the forward pass: at least the stem conv's 2*B*H*W*C*9 times 3
+    assert row["gflop_per_step"] * 1e9 > 3 * 2 * 2 * 16 * 16 * 8 * 9
+    assert row["images_per_s"] > 0 and row["peak_memory_mb"] > 0
+
+
+def test_a_failing_case_is_reported_not_raised():
+    row = bm.run_case({"case": "train", "label": "bad", "threads": 1, "model": "nope", "size": 16, "base": 8,
+                       "mult": [1, 2], "res_blocks": 1, "batch": 2})
+    assert "unknown model 'nope'" in row["error"]
+
+
+def test_fastest_picks_the_lowest_per_image_cost():
+    rows = [{"dtype": "fp32", "channels_last": False, "malloc": False, "best_batch": 4,
+             "s_per_image_step": {"1": 0.02, "4": 0.01}},
+            {"dtype": "fp32", "channels_last": True, "malloc": True, "best_batch": 1, "s_per_image_step": {"1": 0.008}},
+            {"label": "failed", "error": "x"}]
+    assert bm.fastest(rows) == {"dtype": "fp32", "channels_last": True, "malloc": True, "batch": 1,
+                                "s_per_image_step": 0.008}
+
+
+def test_bench_config_errors_name_the_parameter():
+    with pytest.raises(ConfigError, match="dtypes must include 'fp32'"):
+        validate(BenchConfig, {"dtypes": ["bf16"]}, "p.yaml")
+    with pytest.raises(ConfigError, match="volume_steps"):
+        validate(BenchConfig, {"volume_steps": [300]}, "p.yaml")
+
+
+@pytest.mark.slow
+def test_benchmark_notebook_runs_end_to_end(tmp_path):
+    run = tmp_path / "run"  # a tiny trained model for the quality-cost part
+    pipeline.run(ROOT / "params" / "ci.yaml", run, ["01_prepare_data", "02_train"], cell_timeout=600,
+                 overrides={"model_name": "model", "max_steps": 5})
+    params = {**yaml.safe_load((ROOT / "params" / "bench_ci.yaml").read_text()),
+              "run_dir": str(tmp_path / "bench"), "quality_run_dir": str(run)}
+    papermill.execute_notebook(str(ROOT / "notebooks" / "06_benchmark.ipynb"), str(tmp_path / "06.ipynb"),
+                               parameters=params, cwd=str(ROOT / "notebooks"), progress_bar=False,
+                               kernel_name="python3")
+    result = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert [r["label"] for r in result["rows"] if "error" in r] == []
+    assert {"train_fp32_ours_over_diffusers", "train_best_ours_over_best_diffusers", "train_fp32_conv_peak_fraction",
+            "volume_32_batched_over_naive", "volume_64_batched_over_naive"} <= set(result["ratios"])
+    assert result["machine"]["torch"].startswith("2.13.0") and result["machine"]["cores"] >= 1
+    assert [q["steps"] for q in result["quality"]] == [2, 4]
+    assert (tmp_path / "bench" / "figures" / "quality_cost.png").is_file()
