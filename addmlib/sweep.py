@@ -132,7 +132,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         os.environ[var] = str(cell.threads)
     folder.mkdir(parents=True, exist_ok=True)
     data_link = folder / "data"
-    if not data_link.exists():
+    if not data_link.exists() and not data_link.is_symlink():
         data_link.symlink_to(os.path.relpath(Path(cell.sweep_dir) / "data", folder))
     record: dict[str, Any] = {"cell": cell.name, "lambda_adv": cell.lambda_adv, "num_steps": cell.num_steps,
                               "seed": cell.seed, "t_star": cell.params["t_star"], "status": "running",
@@ -324,7 +324,8 @@ def claims(df, split: str, metric: str = "auprc") -> list[dict[str, Any]]:
 
     Claim 1: at equal T and equal sampling steps, lambda > 0 beats lambda = 0. Claim 2: ADDM with T/2 (so half the
     steps from the same relative depth t*/T) matches DDPM with T: compared at steps in the same 1:2 ratio when the
-    sweep evaluated such a pair, else at each cell's largest evaluation (said so in the row).
+    sweep evaluated such a pair, else at each cell's largest evaluation (said so in the row). Each claim-2 row also
+    carries the control DDPM with T/2 and the same steps as ADDM: if it does as well, the gain is not lambda's.
     """
     out: list[dict[str, Any]] = []
     if df.empty:
@@ -356,9 +357,12 @@ def claims(df, split: str, metric: str = "auprc") -> list[dict[str, Any]]:
             for sa, sd in pairs:
                 a, b = stats.loc[(lam, T_half, sa)], stats.loc[(0.0, T_full, sd)]
                 diff, spread = a["mean"] - b["mean"], max(a["std"], b["std"])
+                # control: DDPM with the same T/2 and steps; tells a gain of lambda from a gain of fewer steps
+                control = stats.loc[(0.0, T_half, sa)]["mean"] if (0.0, T_half, sa) in stats.index else math.nan
                 out.append({"claim": 2, "addm": f"λ={lam:g}, T={T_half}, {sa} steps",
                             "ddpm": f"λ=0, T={T_full}, {sd} steps", "addm_mean": a["mean"], "ddpm_mean": b["mean"],
                             "diff": diff, "seed_spread": spread, "note": note,
+                            "control_ddpm_same_T_and_steps_mean": control,
                             "verdict": _verdict(diff, spread, int(min(a["count"], b["count"])))})
     return out
 

@@ -94,6 +94,7 @@ def test_claims_compare_against_the_seed_spread():
     two = [r for r in rows if r["claim"] == 2]
     assert len(two) == 1 and two[0]["ddpm"] == "λ=0, T=1000, 20 steps" and two[0]["note"] == "steps in ratio 1:2"
     assert two[0]["verdict"] == "within the seed spread"
+    assert two[0]["control_ddpm_same_T_and_steps_mean"] == pytest.approx(0.10), "DDPM at T=500, 10 steps"
 
 
 @pytest.mark.slow
