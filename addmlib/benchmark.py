@@ -299,14 +299,22 @@ def peak_cases(cfg: Any) -> list[dict[str, Any]]:
 
 
 def train_cases(cfg: Any) -> list[dict[str, Any]]:
-    """Ours and the matched diffusers U-Net, same batch/resolution/threads, for each dtype, plain and channels-last."""
+    """Ours and the matched diffusers U-Net, same batch/resolution/threads, for each dtype, plain and channels-last.
+
+    fp32 cases are repeated ``cfg.train_rounds`` times, ours and diffusers alternating, so that drift of the machine
+    (frequency, neighbours) hits both alike; the notebook takes the median over rounds. Other dtypes run once.
+    """
     out = []
-    for d in cfg.dtypes:
-        for cl in (False, True):
-            for model in ("ours", "diffusers"):
-                out.append({"case": "train", "label": f"train {model} {d}{' CL' if cl else ''}", "model": model,
-                            "threads": cfg.threads, "device": cfg.device, "dtype": d, "channels_last": cl,
-                            "batch": cfg.batch_size, "steps": cfg.train_steps, "budget_s": 20.0, **arch(cfg)})
+    for r in range(cfg.train_rounds):
+        for d in cfg.dtypes:
+            if r and d != "fp32":
+                continue
+            for cl in (False, True):
+                for model in ("ours", "diffusers"):
+                    out.append({"case": "train", "label": f"train {model} {d}{' CL' if cl else ''}", "model": model,
+                                "round": r, "threads": cfg.threads, "device": cfg.device, "dtype": d,
+                                "channels_last": cl, "batch": cfg.batch_size, "steps": cfg.train_steps,
+                                "budget_s": 20.0, **arch(cfg)})
     return out
 
 
@@ -359,8 +367,8 @@ def run_case_here(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Run one case in this process (threads and device from ``spec``)."""
     spec = dict(spec)
     kind, threads, device = spec.pop("case"), int(spec.pop("threads")), spec.pop("device", "auto")
-    spec.pop("malloc", None)
-    spec.pop("label", None)
+    for key in ("malloc", "label", "round"):
+        spec.pop(key, None)
     torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))

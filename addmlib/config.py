@@ -388,6 +388,7 @@ class BenchConfig(RunConfig):
     unet_num_res_blocks: int = 1
     batch_size: int = 8
     train_steps: int = 10
+    train_rounds: int = 3
     dtypes: tuple[str, ...] = ("fp32", "bf16")
     denoise_batches: tuple[int, ...] = (1, 4, 16)
     volume_sizes: tuple[int, ...] = (64, 128)
@@ -406,7 +407,7 @@ class BenchConfig(RunConfig):
         bad = [d for d in self.dtypes if d not in ("fp32", "bf16", "fp16")]
         if bad or "fp32" not in self.dtypes:
             raise ValueError(f"dtypes must include 'fp32' and hold only 'fp32', 'bf16', 'fp16'; got {list(self.dtypes)}")
-        for name in ("batch_size", "train_steps", "volume_slices", "naive_slices", "t_star", "quality_slice_stride"):
+        for name in ("batch_size", "train_steps", "train_rounds", "volume_slices", "naive_slices", "t_star", "quality_slice_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(s < 0 or s > self.t_star for s in self.volume_steps) or not self.volume_steps:
