@@ -34,9 +34,9 @@ import torch
 
 from .diffusion import GaussianDiffusion, beta_schedule
 from .nets import UNet, UNetConfig
+from .pipeline import SCORING_MALLOC_ENV
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184",
-              "MALLOC_TOP_PAD_": "1073741824"}
+MALLOC_ENV = SCORING_MALLOC_ENV
 """glibc allocator settings (read at process start): keep freed memory instead of returning it to the OS."""
 
 
@@ -226,18 +226,11 @@ def case_train(device: torch.device, model: str, size: int, base: int, mult: Seq
 
 
 def _denoiser(net: torch.nn.Module, device: torch.device, dtype: str, channels_last: bool) -> Callable:
-    """eps_theta(x, t) in eval mode with the chosen autocast and layout, returning fp32."""
-    net.eval().to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
+    """The scoring path's eps_theta (``detect.fast_denoiser``) at the chosen dtype and layout."""
+    from .detect import fast_denoiser
 
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, dtype):
-            return net(x, t).float()
-
-    return eps
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    return fast_denoiser(net.to(device), channels_last, amp)
 
 
 def case_denoise(device: torch.device, size: int, base: int, mult: Sequence[int], res_blocks: int,

@@ -303,6 +303,7 @@ class EvalConfig(RunConfig):
     anoddpm_protocol: bool = True
     write_nifti: bool = True
     eval_name: str = "eval"
+    channels_last: Literal["auto", "on", "off"] = "auto"
 
     def check(self) -> None:
         super().check()

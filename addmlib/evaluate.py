@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .data.prepare import PreparedDataset, PreparedVolume
-from .detect import score_volume, to_native_nifti
+from .detect import fast_denoiser, score_volume, to_native_nifti
 from .diffusion import GaussianDiffusion, SamplerName
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
 from .noise import make_noise
@@ -64,10 +64,19 @@ class ScoredVolume:
 Scorer = Callable[[PreparedVolume, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
+def use_channels_last(setting: str, device: torch.device) -> bool:
+    """"on", "off", or "auto": on for CPU scoring, where notebooks/06_benchmark.ipynb measured it faster."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {setting!r}")
+    return setting == "on" or (setting == "auto" and device.type == "cpu")
+
+
 def diffusion_scorer(checkpoint: str | Path, t_star: int, steps: int, sampler: SamplerName, noise: str,
-                     draws: int, batch_size: int, seed: int, device: torch.device) -> tuple[Scorer, dict[str, Any]]:
+                     draws: int, batch_size: int, seed: int, device: torch.device,
+                     channels_last: bool = False) -> tuple[Scorer, dict[str, Any]]:
     """A scorer (volume, slices) -> (reconstruction, |x - x_hat|, (x - x_hat)^2) for a trained diffusion model."""
     unet, cfg = load_ema_unet(checkpoint, device)
+    eps = fast_denoiser(unet, channels_last)
     diffusion: GaussianDiffusion = build_diffusion(cfg)
     if not 1 <= t_star <= cfg.num_steps:
         raise ValueError(f"t_star {t_star} is outside [1, T={cfg.num_steps}] of {checkpoint}")
@@ -76,13 +85,13 @@ def diffusion_scorer(checkpoint: str | Path, t_star: int, steps: int, sampler: S
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        s = score_volume(unet, diffusion, vol.image, slices, t_star, min(steps, t_star), sampler, noise_fn, draws,
+        s = score_volume(eps, diffusion, vol.image, slices, t_star, min(steps, t_star), sampler, noise_fn, draws,
                          batch_size, gen, device)
         return s.reconstruction, s.abs_error, s.squared_error
 
     info = {"kind": "diffusion", "checkpoint": str(checkpoint), "T": cfg.num_steps, "t_star": t_star,
             "steps": min(steps, t_star), "sampler": sampler, "noise": noise_name, "draws": draws,
-            "lambda_adv": cfg.lambda_adv, "train_seed": cfg.seed, "eval_seed": seed}
+            "lambda_adv": cfg.lambda_adv, "train_seed": cfg.seed, "eval_seed": seed, "channels_last": channels_last}
     return score, info
 
 

@@ -161,3 +161,45 @@ def test_protocol_calibrates_on_healthy_and_measures_a_perfect_map():
     assert p["recall"] == 1.0 and p["precision"] < 1.0  # 5 % of healthy voxels exceed the threshold
     assert p["best_dice"] == pytest.approx(1.0, abs=1e-3)
     assert res["per_slice_dice"][2] == 3 and res["anoddpm"]["recall"] == 1.0
+
+
+def test_fast_denoiser_channels_last_matches_the_plain_model():
+    from addmlib.detect import fast_denoiser
+    from addmlib.nets import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,)), 16)
+    for p in net.parameters():  # non-zero output layer, so the comparison means something
+        torch.nn.init.normal_(p, std=0.05)
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([5, 50, 500])
+    with torch.no_grad():
+        plain = net(x, t)
+        fast = fast_denoiser(net, channels_last=True)(x, t)
+    assert fast.dtype == torch.float32 and torch.allclose(plain, fast, atol=1e-5)
+
+
+def test_channels_last_auto_is_on_for_cpu_scoring_only():
+    from addmlib.evaluate import use_channels_last
+
+    assert use_channels_last("auto", torch.device("cpu")) and not use_channels_last("auto", torch.device("cuda"))
+    assert use_channels_last("on", torch.device("cuda")) and not use_channels_last("off", torch.device("cpu"))
+    with pytest.raises(ValueError, match="channels_last"):
+        use_channels_last("yes", torch.device("cpu"))
+
+
+def test_evaluation_kernels_get_the_allocator_settings_unless_set_or_disabled(monkeypatch):
+    import os
+
+    from addmlib.pipeline import SCORING_MALLOC_ENV, kernel_env
+
+    for k in SCORING_MALLOC_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "123")  # the user's own setting wins
+    with kernel_env("03_evaluate"):
+        assert os.environ["MALLOC_MMAP_THRESHOLD_"] == "33554432" and os.environ["MALLOC_TOP_PAD_"] == "123"
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_TOP_PAD_"] == "123"
+    with kernel_env("02_train"):
+        assert "MALLOC_MMAP_THRESHOLD_" not in os.environ, "training was not measured faster with them"
+    monkeypatch.setenv("ADDM_MALLOC_TUNING", "0")
+    with kernel_env("03_evaluate"):
+        assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
