@@ -364,7 +364,8 @@ class AblationConfig(RunConfig):
             raise ValueError(f"t_star_at_1000 must be in [1, 1000], got {self.t_star_at_1000}")
         if self.workers < 1 or self.threads_per_cell < 1 or self.cell_timeout < 1:
             raise ValueError("workers, threads_per_cell and cell_timeout must be >= 1")
-        grid_keys = {"lambda_adv", "num_steps", "seed", "t_star", "model_name", "models", "run_dir", "eval_name"}
+        grid_keys = {"lambda_adv", "num_steps", "seed", "t_star", "model_name", "models", "run_dir", "eval_name",
+                     "sample_steps", "autoencoder", "write_nifti", "threads", "fresh"}
         clash = sorted(grid_keys & set(self.cell_params))
         if clash:
             raise ValueError(f"cell_params may not set {clash}: the sweep sets them per cell")

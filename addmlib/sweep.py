@@ -18,6 +18,7 @@ checkpoint). A failing cell is recorded with its notebook and error; the other c
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -25,7 +26,9 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -58,6 +61,12 @@ class Cell:
     @property
     def folder(self) -> Path:
         return Path(self.sweep_dir) / "cells" / self.name
+
+    @property
+    def fingerprint(self) -> str:
+        """What determines the cell's numbers (its parameters but threads, its evaluation steps)."""
+        key = {"params": {k: v for k, v in self.params.items() if k != "threads"}, "eval_steps": list(self.eval_steps)}
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def resolve_param_file(path: str) -> Path:
@@ -94,9 +103,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def cell_status(cell: Cell) -> str:
-    """"ok", "failed", "running" (or interrupted) or "todo", from ``cell.json``."""
+    """"ok", "failed", "running" (or interrupted), "todo", or "stale" (finished with other settings: rerun)."""
     record = _read_json(cell.folder / "cell.json")
-    return record.get("status", "todo") if record else "todo"
+    if not record:
+        return "todo"
+    if record.get("fingerprint") != cell.fingerprint:
+        return "stale"
+    return record.get("status", "todo")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -125,8 +138,11 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     folder = cell.folder
     record_path = folder / "cell.json"
     previous = _read_json(record_path)
-    if previous and previous.get("status") == "ok":
+    same = bool(previous) and previous.get("fingerprint") == cell.fingerprint
+    if same and previous.get("status") == "ok":
         return {**previous, "skipped": True}
+    # settings changed since an earlier run of this cell: train from scratch (a resume would refuse the mismatch)
+    params = {**cell.params, "fresh": True} if previous and not same else dict(cell.params)
     # threads for every kernel this worker starts (set before they import torch)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(cell.threads)
@@ -136,13 +152,14 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         data_link.symlink_to(os.path.relpath(Path(cell.sweep_dir) / "data", folder))
     record: dict[str, Any] = {"cell": cell.name, "lambda_adv": cell.lambda_adv, "num_steps": cell.num_steps,
                               "seed": cell.seed, "t_star": cell.params["t_star"], "status": "running",
+                              "fingerprint": cell.fingerprint,
                               "host": os.uname().nodename, "pid": os.getpid(),
                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(record_path, record)
     t0 = time.perf_counter()
     evals: list[dict[str, Any]] = []
     try:
-        run_params(cell.params, folder, ["02_train"], cell.cell_timeout, f"sweep cell {cell.name}")
+        run_params(params, folder, ["02_train"], cell.cell_timeout, f"sweep cell {cell.name}")
         t_star = int(cell.params["t_star"])
         for n in cell.eval_steps:
             steps = t_star if n == 0 or n > t_star else n
@@ -152,7 +169,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
             eval_params = {**cell.params, "models": ["model"], "sample_steps": steps, "eval_name": name,
                            "autoencoder": False, "write_nifti": False}
             run_params(eval_params, folder, ["03_evaluate"], cell.cell_timeout, f"sweep cell {cell.name}")
-            evals.append({"eval_name": name, "steps": steps, "metrics": str(folder / name / "metrics.json")})
+            evals.append({"eval_name": name, "steps": steps, "metrics": f"{name}/metrics.json"})  # relative to the cell
         record.update(status="ok")
     except Exception as exc:  # a failed cell is reported, the sweep goes on
         record.update(status="failed", error=_error_text(exc),
@@ -165,22 +182,35 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
 
 def _run_local(cells: Sequence[Cell], workers: int, on_done: Callable[[dict[str, Any]], None]) -> None:
-    # spawn, not fork: the parent may hold torch/OpenMP state that must not be copied into workers
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-    try:
-        futures = {pool.submit(run_cell, c): c for c in cells}
-        for fut in as_completed(futures):
-            cell = futures[fut]
-            try:
-                on_done(fut.result())
-            except Exception as exc:  # the worker process died (killed, out of memory)
-                on_done({"cell": cell.name, "status": "failed", "error": f"worker died: {_error_text(exc)}"})
-    except KeyboardInterrupt:  # stop running cells too (their kernels exit with them); a rerun resumes them
-        for proc in mp.active_children():
-            proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+    """Cells on a process pool (spawn: the parent may hold torch/OpenMP state that must not be copied). A worker that
+    dies (killed, out of memory) breaks the whole pool: the cells it took down are resubmitted on a new pool once;
+    the cell still failing is reported as "worker died"."""
+    attempts = {c.name: 0 for c in cells}
+    todo = list(cells)
+    while todo:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        retry: list[Cell] = []
+        try:
+            futures = {pool.submit(run_cell, c): c for c in todo}
+            for fut in as_completed(futures):
+                cell = futures[fut]
+                try:
+                    on_done(fut.result())
+                except BrokenProcessPool as exc:
+                    attempts[cell.name] += 1
+                    if attempts[cell.name] < 2:
+                        retry.append(cell)
+                    else:
+                        on_done({"cell": cell.name, "status": "failed", "error": f"worker died: {_error_text(exc)}"})
+                except Exception as exc:
+                    on_done({"cell": cell.name, "status": "failed", "error": f"worker died: {_error_text(exc)}"})
+        except KeyboardInterrupt:  # stop running cells too (their kernels exit with them); a rerun resumes them
+            for proc in mp.active_children():
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        todo = retry
 
 
 def _run_dask(cells: Sequence[Cell], workers: int, address: str,
@@ -261,19 +291,32 @@ def _write_sweep(cfg: AblationConfig, sweep_dir: Path, cells: Sequence[Cell],
 # Results: one row per (cell, evaluation steps, set), then mean +- std over seeds, then the paper's two claims.
 # ---------------------------------------------------------------------------------------------------------------
 
-def results_frame(sweep_dir: str | Path):
-    """A pandas DataFrame with one row per finished cell x evaluation (steps) x evaluation set."""
+def results_frame(sweep_dir: str | Path, cfg: AblationConfig | None = None):
+    """A pandas DataFrame with one row per finished cell x evaluation (steps) x evaluation set.
+
+    With ``cfg``, only the cells of its grid that finished with its settings count (a folder may hold cells of an
+    earlier grid); without, every finished cell of the folder.
+    """
     import pandas as pd
 
+    if cfg is not None:
+        wanted = {c.name: c.fingerprint for c in grid(cfg, sweep_dir)}
+        paths = [Path(sweep_dir) / "cells" / n / "cell.json" for n in sorted(wanted)]
+    else:
+        wanted, paths = {}, sorted((Path(sweep_dir) / "cells").glob("*/cell.json"))
     rows = []
-    for path in sorted((Path(sweep_dir) / "cells").glob("*/cell.json")):
+    for path in paths:
         rec = _read_json(path)
         if not rec or rec.get("status") != "ok":
             continue
+        if wanted and rec.get("fingerprint") != wanted[rec["cell"]]:
+            continue
         train_s = sum(v for k, v in rec.get("notebook_wall_time_s", {}).items() if k.startswith("02_train"))
         for ev in rec.get("evaluations", []):
-            metrics = _read_json(Path(ev["metrics"]))
+            metrics = _read_json(path.parent / ev["metrics"])
             if metrics is None:
+                warnings.warn(f"{path.parent / ev['metrics']} is missing or unreadable: cell {rec['cell']} at "
+                              f"{ev['steps']} steps left out")
                 continue
             (label, res), = metrics["results"].items()
             info = metrics["models"][label]
@@ -358,12 +401,17 @@ def claims(df, split: str, metric: str = "auprc") -> list[dict[str, Any]]:
                 a, b = stats.loc[(lam, T_half, sa)], stats.loc[(0.0, T_full, sd)]
                 diff, spread = a["mean"] - b["mean"], max(a["std"], b["std"])
                 # control: DDPM with the same T/2 and steps; tells a gain of lambda from a gain of fewer steps
-                control = stats.loc[(0.0, T_half, sa)]["mean"] if (0.0, T_half, sa) in stats.index else math.nan
-                out.append({"claim": 2, "addm": f"λ={lam:g}, T={T_half}, {sa} steps",
-                            "ddpm": f"λ=0, T={T_full}, {sd} steps", "addm_mean": a["mean"], "ddpm_mean": b["mean"],
-                            "diff": diff, "seed_spread": spread, "note": note,
-                            "control_ddpm_same_T_and_steps_mean": control,
-                            "verdict": _verdict(diff, spread, int(min(a["count"], b["count"])))})
+                row = {"claim": 2, "addm": f"λ={lam:g}, T={T_half}, {sa} steps",
+                       "ddpm": f"λ=0, T={T_full}, {sd} steps", "addm_mean": a["mean"], "ddpm_mean": b["mean"],
+                       "diff": diff, "seed_spread": spread, "note": note,
+                       "verdict": _verdict(diff, spread, int(min(a["count"], b["count"]))),
+                       "control_ddpm_same_T_and_steps_mean": math.nan, "control_verdict": "no control in the grid"}
+                if (0.0, T_half, sa) in stats.index:
+                    c = stats.loc[(0.0, T_half, sa)]
+                    row["control_ddpm_same_T_and_steps_mean"] = c["mean"]
+                    row["control_verdict"] = _verdict(a["mean"] - c["mean"], max(a["std"], c["std"]),
+                                                      int(min(a["count"], c["count"])))
+                out.append(row)
     return out
 
 

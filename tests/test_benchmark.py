@@ -39,10 +39,11 @@ def test_a_failing_case_is_reported_not_raised():
     assert "unknown model 'nope'" in row["error"]
 
 
-def test_fastest_picks_the_lowest_per_image_cost():
+def test_fastest_picks_the_lowest_per_image_cost_among_what_evaluation_can_use():
     rows = [{"dtype": "fp32", "channels_last": False, "malloc": False, "best_batch": 4,
              "s_per_image_step": {"1": 0.02, "4": 0.01}},
             {"dtype": "fp32", "channels_last": True, "malloc": True, "best_batch": 1, "s_per_image_step": {"1": 0.008}},
+            {"dtype": "bf16", "channels_last": True, "malloc": True, "best_batch": 4, "s_per_image_step": {"4": 0.001}},
             {"label": "failed", "error": "x"}]
     assert bm.fastest(rows) == {"dtype": "fp32", "channels_last": True, "malloc": True, "batch": 1,
                                 "s_per_image_step": 0.008}

@@ -57,12 +57,31 @@ def test_grid_scales_t_star_and_sets_the_cell_parameters(tmp_path):
 def test_sweep_config_errors_name_the_parameter(tmp_path):
     with pytest.raises(ConfigError, match="cell_params may not set \\['lambda_adv'\\]"):
         sweep.load_config([write_params(tmp_path / "a.yaml", cell_params={"lambda_adv": 0.1})])
+    with pytest.raises(ConfigError, match="cell_params may not set \\['sample_steps'\\]"):
+        sweep.load_config([write_params(tmp_path / "e.yaml", cell_params={"sample_steps": 50})])
     with pytest.raises(ConfigError, match="lambda_grid has repeated values"):
         sweep.load_config([write_params(tmp_path / "b.yaml", lambda_grid=[0.0, 0.0])])
     with pytest.raises(ConfigError, match="'lambda_gird'"):
         sweep.load_config([write_params(tmp_path / "c.yaml", lambda_gird=[0.0])])
     assert sweep.main([str(write_params(tmp_path / "d.yaml", base_params=["params/nope.yaml"])),
                        "--run-dir", str(tmp_path / "s")]) == 2
+
+
+def test_a_cell_finished_with_other_settings_is_stale_and_left_out_of_the_results(tmp_path):
+    cfg = sweep.load_config([CI])
+    cell = sweep.grid(cfg, tmp_path)[0]
+    (cell.folder / "steps5").mkdir(parents=True)
+    metrics = {"results": {"m": {"eval_a": {"pooled": {m: 0.5 for m in sweep.METRICS},
+                                            "per_volume_summary": {"auprc": [0.5, 0.0]}}}},
+               "models": {"m": {"wall_time_s": 1.0, "slices_scored": 3}}}
+    (cell.folder / "steps5" / "metrics.json").write_text(json.dumps(metrics))
+    record = {"cell": cell.name, "status": "ok", "lambda_adv": 0.0, "num_steps": 50, "seed": 0, "t_star": 12,
+              "fingerprint": cell.fingerprint, "evaluations": [{"steps": 5, "metrics": "steps5/metrics.json"}]}
+    (cell.folder / "cell.json").write_text(json.dumps(record))
+    assert sweep.cell_status(cell) == "ok" and len(sweep.results_frame(tmp_path, cfg)) == 1
+    changed = sweep.load_config([write_params(tmp_path / "p.yaml", cell_params={"max_steps": 20})])
+    assert sweep.cell_status(sweep.grid(changed, tmp_path)[0]) == "stale"
+    assert sweep.results_frame(tmp_path, changed).empty, "numbers of other settings are not reported"
 
 
 def _frame(values: dict[tuple[float, int, int], list[float]]) -> pd.DataFrame:
@@ -95,6 +114,7 @@ def test_claims_compare_against_the_seed_spread():
     assert len(two) == 1 and two[0]["ddpm"] == "λ=0, T=1000, 20 steps" and two[0]["note"] == "steps in ratio 1:2"
     assert two[0]["verdict"] == "within the seed spread"
     assert two[0]["control_ddpm_same_T_and_steps_mean"] == pytest.approx(0.10), "DDPM at T=500, 10 steps"
+    assert two[0]["control_verdict"] == "within the seed spread"
 
 
 @pytest.mark.slow
