@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -35,10 +34,6 @@ import torch
 from .diffusion import GaussianDiffusion, beta_schedule
 from .nets import UNet, UNetConfig
 from .pipeline import SCORING_MALLOC_ENV
-
-MALLOC_ENV = SCORING_MALLOC_ENV
-"""glibc allocator settings (read at process start): keep freed memory instead of returning it to the OS."""
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # machine and models
@@ -372,10 +367,10 @@ def run_case_here(spec: Mapping[str, Any]) -> dict[str, Any]:
 def run_case(spec: Mapping[str, Any], timeout: int = 1800) -> dict[str, Any]:
     """Run one case in a fresh Python process; returns the spec, the result (or the error) and the process's wall."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONUNBUFFERED": "1"}
-    for k in MALLOC_ENV:
+    for k in SCORING_MALLOC_ENV:
         env.pop(k, None)
     if spec.get("malloc"):
-        env.update(MALLOC_ENV)
+        env.update(SCORING_MALLOC_ENV)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "addmlib.benchmark", "--case", json.dumps(dict(spec))],

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .config import AblationConfig, ConfigError, load_yaml, validate
+from .config import AblationConfig, ConfigError, validate
 from .diffusion import scale_t_star
 from .fileio import write_json_atomic
 from .pipeline import REPO_ROOT, NotebookFailed, load_params, run_params
@@ -102,9 +102,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def cell_status(cell: Cell) -> str:
-    """"ok", "failed", "running" (or interrupted), "todo", or "stale" (finished with other settings: rerun)."""
-    record = _read_json(cell.folder / "cell.json")
+def cell_status(cell: Cell, record: dict[str, Any] | None = None) -> str:
+    """"ok", "failed", "running" (or interrupted), "todo", or "stale" (finished with other settings: rerun).
+
+    ``record``: the cell's ``cell.json`` if already read, else it is read here."""
+    record = _read_json(cell.folder / "cell.json") if record is None else record
     if not record:
         return "todo"
     if record.get("fingerprint") != cell.fingerprint:
@@ -254,12 +256,13 @@ def run_sweep(cfg: AblationConfig, sweep_dir: str | Path,
         progress(f"warning: workers x threads_per_cell = {cfg.workers * cfg.threads_per_cell} > "
                  f"{os.cpu_count()} cores; torch slows down badly when processes compete for cores")
     prepare_data(cfg, sweep_dir)
-    done = {c.name: _read_json(c.folder / "cell.json") for c in cells if cell_status(c) == "ok"}
+    found = {c.name: _read_json(c.folder / "cell.json") for c in cells}
+    done = {c.name: found[c.name] for c in cells if cell_status(c, found[c.name]) == "ok"}
     todo = [c for c in cells if c.name not in done]
     if progress:
         progress(f"[sweep] {len(cells)} cells: {len(done)} finished (skipped), {len(todo)} to run on "
                  f"{cfg.engine} with {cfg.workers} worker(s) x {cfg.threads_per_cell} thread(s)")
-    records: dict[str, dict[str, Any]] = {n: {**r, "skipped": True} for n, r in done.items() if r}
+    records: dict[str, dict[str, Any]] = {n: {**r, "skipped": True} for n, r in done.items()}
 
     def on_done(record: dict[str, Any]) -> None:
         records[record["cell"]] = record
@@ -418,10 +421,7 @@ def claims(df, split: str, metric: str = "auprc") -> list[dict[str, Any]]:
 def load_config(files: Iterable[str | Path], overrides: Mapping[str, Any] | None = None) -> AblationConfig:
     """An AblationConfig from flat YAML files (later override earlier) and overrides; errors name the file."""
     files = list(files)
-    params: dict[str, Any] = {}
-    for f in files:
-        params.update(load_yaml(f))
-    params.update(overrides or {})
+    params = {**load_params(files), **(overrides or {})}
     return validate(AblationConfig, params, " + ".join(map(str, files)) or "parameters")
 
 
