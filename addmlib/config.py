@@ -422,18 +422,59 @@ class BenchConfig(RunConfig):
                 raise ValueError(f"size {size} must be divisible by 2^(len(unet_channel_mult) - 1)")
 
 
+@dataclasses.dataclass(frozen=True)
+class BrowseConfig(RunConfig):
+    """notebooks/05_browse.ipynb: the slice browser and static figures of one evaluated volume.
+
+    The volume is ``browse_model`` / ``browse_set`` / ``browse_volume`` of the maps that 03_evaluate wrote under
+    ``run_dir/eval_name`` (an empty ``browse_volume``: the one with the largest lesion), or, when ``nifti_scan`` and
+    ``nifti_map`` are set, those files (with optional mask, reconstruction and brain mask) on one grid.
+    ``threshold``: None takes the threshold the evaluation calibrated on healthy brains.
+    """
+
+    eval_name: str = "eval"
+    browse_model: str = "addm"
+    browse_set: Literal["eval_a", "eval_b"] = "eval_a"
+    browse_volume: str = ""
+    plane: Literal["axial", "coronal", "sagittal"] = "axial"
+    threshold: float | None = None
+    radiological: bool = True
+    montage_slices: int = 4
+    figure_slices: int = 24
+    nifti_scan: str = ""
+    nifti_map: str = ""
+    nifti_mask: str = ""
+    nifti_recon: str = ""
+    nifti_brain: str = ""
+
+    def check(self) -> None:
+        super().check()
+        if bool(self.nifti_scan) != bool(self.nifti_map):
+            raise ValueError("nifti_scan and nifti_map go together: set both to browse your own files, or neither")
+        if not self.nifti_scan and (self.nifti_mask or self.nifti_recon or self.nifti_brain):
+            raise ValueError("nifti_mask, nifti_recon and nifti_brain need nifti_scan and nifti_map")
+        for name in ("montage_slices", "figure_slices"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.threshold is not None and not self.threshold >= 0:
+            raise ValueError(f"threshold must be >= 0 (or None for the calibrated one), got {self.threshold}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.eval_name):
+            raise ValueError(f"eval_name {self.eval_name!r} may only hold letters, digits, '_', '.', '-'")
+
+
 NOTEBOOK_CONFIGS: dict[str, type] = {
     "00_method": MethodConfig,
     "01_prepare_data": PrepareConfig,
     "02_train": TrainConfig,
     "03_evaluate": EvalConfig,
     "04_ablation": AblationConfig,
+    "05_browse": BrowseConfig,
     "06_benchmark": BenchConfig,
 }
 """Notebook stem -> its config."""
 
-PIPELINE_NOTEBOOKS: tuple[str, ...] = ("00_method", "01_prepare_data", "02_train", "03_evaluate")
-"""What ``python -m addmlib.pipeline`` runs by default, in order (04 and later drive the pipeline themselves)."""
+PIPELINE_NOTEBOOKS: tuple[str, ...] = ("00_method", "01_prepare_data", "02_train", "03_evaluate", "05_browse")
+"""What ``python -m addmlib.pipeline`` runs by default, in order (04 and 06 drive the pipeline themselves)."""
 
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 

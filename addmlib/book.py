@@ -1,0 +1,227 @@
+"""The tutorial site: executed notebooks of a run plus the narrative in ``docs/``, built offline with Jupyter Book 1.
+
+``build_site`` stages ``docs/*.md`` and ``docs/_config.yml`` with the run's *executed* notebooks (papermill outputs;
+nothing is re-executed: ``execute_notebooks: off``), writes the table of contents for what exists, copies the
+JavaScript the pages need from npm packages pinned in ``docs/package-lock.json`` (require.js and the widget manager
+for saved widget state, MathJax for equations; installed once with ``npm ci`` into a cache) so no page loads anything
+from the internet, builds with ``jupyter-book build``, checks every page for resources outside the site, and swaps the
+result into the output folder (the previous site stays until the new one is complete).
+
+CLI: ``python -m addmlib.book --run-dir outputs/demo --out outputs/site [--notebook extra.ipynb ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+NARRATIVE = ("intro", "method", "data", "scaling")
+REQUIRED = ("05_browse",)
+VENDOR = {  # npm package path -> path under _static/vendor (folders copied whole, minus source maps)
+    "requirejs/require.js": "require.js",
+    "@jupyter-widgets/html-manager/dist": "html-manager",
+    "mathjax/es5/tex-chtml.js": "mathjax/tex-chtml.js",
+    "mathjax/es5/output/chtml": "mathjax/output/chtml",
+    "mathjax/es5/input/tex/extensions": "mathjax/input/tex/extensions",
+    "mathjax/es5/ui": "mathjax/ui",
+    "mathjax/es5/a11y": "mathjax/a11y",
+}
+SKIP_VENDOR = ("embed.js", "embed.js.map", "libembed-amd.js", "embed.js.LICENSE.txt")
+
+
+class SiteError(RuntimeError):
+    """The site cannot be built; the message says what is missing or wrong."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ADDM_DATA_CACHE") or Path.home() / ".cache" / "addm-workbench")
+
+
+def npm_modules(docs: Path = DOCS) -> Path:
+    """``node_modules`` of ``docs/package-lock.json``, installed once per lock file with ``npm ci`` into the cache."""
+    lock = docs / "package-lock.json"
+    if not lock.is_file():
+        raise SiteError(f"{lock} is missing")
+    key = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+    target = cache_dir() / "site-js" / key
+    if (target / ".complete").is_file():
+        return target / "node_modules"
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SiteError("npm is not installed: the site serves its widget and MathJax JavaScript itself, from npm "
+                        "packages (install Node.js and npm, e.g. apt-get install npm)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    try:
+        shutil.copy2(docs / "package.json", work / "package.json")
+        shutil.copy2(lock, work / "package-lock.json")
+        proc = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=work,
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise SiteError(f"npm ci failed in {work}:\n{proc.stderr[-3000:]}")
+        (work / ".complete").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(work, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target / "node_modules"
+
+
+def vendor_js(static: Path, modules: Path) -> None:
+    """Copy the pages' JavaScript (``VENDOR``) from ``modules`` into ``static/vendor``."""
+    for src, dst in VENDOR.items():
+        s, d = modules / src, static / "vendor" / dst
+        if not s.exists():
+            raise SiteError(f"{s} is missing from the npm install (docs/package.json changed?)")
+        d.parent.mkdir(parents=True, exist_ok=True)
+        if s.is_dir():
+            shutil.copytree(s, d, ignore=shutil.ignore_patterns("*.map", *SKIP_VENDOR), dirs_exist_ok=True)
+        else:
+            shutil.copy2(s, d)
+    shutil.copy2(DOCS / "widgets-config.js", static / "vendor" / "widgets-config.js")
+
+
+def executed_notebooks(run_dir: Path) -> list[Path]:
+    """The run's executed notebooks (``<run>/notebooks/*.ipynb``), in pipeline order; errors when some are missing or
+    were never executed."""
+    folder = run_dir / "notebooks"
+    found = sorted(folder.glob("*.ipynb"))
+    if not found:
+        raise SiteError(f"no executed notebooks in {folder}: run the demo pipeline first (make demo)")
+    missing = [r for r in REQUIRED if not any(p.stem.split("-")[0] == r for p in found)]
+    if missing:
+        raise SiteError(f"{folder} lacks {', '.join(missing)}: run it with python -m addmlib.pipeline PARAMS "
+                        f"--run-dir {run_dir} --notebooks {','.join(missing)}")
+    return found
+
+
+def check_executed(path: Path) -> nbformat.NotebookNode:
+    """The notebook, if it was executed (outputs present, papermill did not record a failure)."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    if code and not any(c.get("outputs") for c in code):
+        raise SiteError(f"{path} has no outputs: the site renders executed notebooks (papermill's), it does not run "
+                        f"them")
+    if nb.metadata.get("papermill", {}).get("exception"):
+        raise SiteError(f"{path}: papermill recorded an exception while executing it; fix and rerun it first")
+    return nb
+
+
+def _toc(notebooks: Sequence[str]) -> dict:
+    chapters = [{"file": f"notebooks/{n}"} for n in notebooks]
+    return {"format": "jb-book", "root": "intro",
+            "parts": [{"caption": "The method", "chapters": [{"file": "method"}]},
+                      {"caption": "The demo run, executed", "chapters": chapters},
+                      {"caption": "Using the workbench", "chapters": [{"file": "data"}, {"file": "scaling"}]}]}
+
+
+class _ExternalRefs(html.parser.HTMLParser):
+    """Collects resources a page would load from another host (script/img/iframe src, stylesheet/icon href)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        url = None
+        if tag in ("script", "img", "iframe", "source", "video", "audio", "embed"):
+            url = a.get("src")
+        elif tag == "link" and set((a.get("rel") or "").split()) & {"stylesheet", "icon", "preload", "modulepreload"}:
+            url = a.get("href")
+        if url and url.split(":", 1)[0].lower() in ("http", "https") or (url or "").startswith("//"):
+            self.found.append(f"<{tag}> {url}")
+
+
+def external_resources(site: Path) -> dict[str, list[str]]:
+    """Page -> resources it would load from outside the site (empty when the site is self-contained)."""
+    out = {}
+    for page in sorted(site.rglob("*.html")):
+        parser = _ExternalRefs()
+        parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+        if parser.found:
+            out[str(page.relative_to(site))] = parser.found
+    return out
+
+
+def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path] = (), docs: Path = DOCS) -> Path:
+    """Build the site of ``run_dir``'s executed notebooks (and ``extra`` executed notebooks) into ``out``."""
+    run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
+    notebooks = executed_notebooks(run_dir) + [Path(p).resolve() for p in extra]
+    for p in notebooks:
+        if not p.is_file():
+            raise SiteError(f"{p}: notebook not found")
+        check_executed(p)
+    jb = Path(sys.executable).parent / "jupyter-book"
+    jb_cmd = [str(jb)] if jb.is_file() else [shutil.which("jupyter-book") or "jupyter-book"]
+    modules = npm_modules(docs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent))
+    try:
+        book = work / "book"
+        (book / "notebooks").mkdir(parents=True)
+        shutil.copy2(ROOT / "README.md", work / "README.md")  # docs pages include parts of it as ../README.md
+        for name in NARRATIVE:
+            shutil.copy2(docs / f"{name}.md", book / f"{name}.md")
+        shutil.copy2(docs / "_config.yml", book / "_config.yml")
+        names = []
+        for p in notebooks:
+            if p.stem in names:
+                raise SiteError(f"two notebooks named {p.stem}: {p}")
+            shutil.copy2(p, book / "notebooks" / p.name)
+            names.append(p.stem)
+        (book / "_toc.yml").write_text(yaml.safe_dump(_toc(names), sort_keys=False))
+        vendor_js(book / "_vendor", modules)  # served as _static/vendor (html_static_path; not _static itself,
+        # whose every .js file Jupyter Book would add to every page)
+        proc = subprocess.run([*jb_cmd, "build", str(book), "--builder", "html", "--keep-going"],
+                              capture_output=True, text=True)
+        html_dir = book / "_build" / "html"
+        if proc.returncode or not (html_dir / "index.html").is_file():
+            raise SiteError(f"jupyter-book build failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                            f"{proc.stderr[-4000:]}")
+        external = external_resources(html_dir)
+        if external:
+            raise SiteError("pages would load resources from the internet:\n" + json.dumps(external, indent=1))
+        (html_dir / "site.json").write_text(json.dumps({"run_dir": str(run_dir), "notebooks": names}, indent=1))
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(html_dir, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m addmlib.book", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run-dir", required=True, help="a run with executed notebooks (e.g. outputs/demo)")
+    ap.add_argument("--out", required=True, help="where the site goes (e.g. outputs/site)")
+    ap.add_argument("--notebook", action="append", default=[], help="another executed notebook to include")
+    args = ap.parse_args(argv)
+    try:
+        site = build_site(args.run_dir, args.out, args.notebook)
+    except SiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"site written to {site} (open {site / 'index.html'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
