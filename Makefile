@@ -1,13 +1,14 @@
 # addm-workbench: the two commands of the README, each complete on a fresh machine.
 #   make demo   create .venv, install, run the demo pipeline (params/demo.yaml) into outputs/demo/: method checks,
 #               data, ADDM, the DDPM baseline (params/ddpm.yaml layered on the demo set), evaluation
-#   make test   create .venv, install, run the test suite
+#   make test   create .venv, install, install Debian's chromium if missing (browser tests), run the test suite
+#   make site   build the tutorial site from the demo run's executed notebooks into outputs/site/ (after make demo)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test ci-params ablation-demo bench clean-venv
+.PHONY: setup demo test ci-params ablation-demo bench site browser clean-venv
 
 setup: $(STAMP)
 
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m addmlib.pipeline params/demo.yaml --notebooks 00_method,01_prepare_data,02_train
 	$(PY) -m addmlib.pipeline params/demo.yaml params/ddpm.yaml --run-dir outputs/demo --notebooks 02_train
-	$(PY) -m addmlib.pipeline params/demo.yaml --notebooks 03_evaluate
+	$(PY) -m addmlib.pipeline params/demo.yaml --notebooks 03_evaluate,05_browse
 
 # The ablation over lambda x T x seeds (notebooks/04_ablation.ipynb) at laptop scale, about an hour on 2 cores.
 # Rerun to resume: finished cells are skipped. A sweep runs without the demo: it prepares its own data.
@@ -38,11 +39,24 @@ bench: setup
 	$(PY) -m papermill notebooks/06_benchmark.ipynb $(BENCH_DIR)/06_benchmark.ipynb -f params/bench_demo.yaml \
 		-p run_dir $(BENCH_DIR) -p quality_run_dir $(CURDIR)/outputs/demo --cwd notebooks
 
+# The tutorial site (Jupyter Book 1, offline): the demo run's executed notebooks, plus the ablation and benchmark
+# notebooks when those runs exist, and the narrative in docs/. Needs npm (the pages serve their own JavaScript).
+SITE_EXTRA := $(wildcard $(ABLATION_DIR)/04_ablation.ipynb $(BENCH_DIR)/06_benchmark.ipynb)
+site: setup
+	$(PY) -m addmlib.book --run-dir outputs/demo --out outputs/site $(addprefix --notebook ,$(SITE_EXTRA))
+
+# The real-browser tests drive Debian's chromium (playwright cannot download a browser here).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
 ci-params: setup
 	$(PY) -m addmlib.pipeline params/ci.yaml
 
-test: setup
-	$(PY) -m pytest
+test: setup browser
+	CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 clean-venv:
 	rm -rf $(VENV)

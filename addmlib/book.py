@@ -121,12 +121,13 @@ def check_executed(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def _toc(notebooks: Sequence[str]) -> dict:
-    chapters = [{"file": f"notebooks/{n}"} for n in notebooks]
-    return {"format": "jb-book", "root": "intro",
-            "parts": [{"caption": "The method", "chapters": [{"file": "method"}]},
-                      {"caption": "The demo run, executed", "chapters": chapters},
-                      {"caption": "Using the workbench", "chapters": [{"file": "data"}, {"file": "scaling"}]}]}
+def _toc(run: Sequence[str], extra: Sequence[str]) -> dict:
+    parts = [{"caption": "The method", "chapters": [{"file": "method"}]},
+             {"caption": "The demo run, executed", "chapters": [{"file": f"notebooks/{n}"} for n in run]}]
+    if extra:
+        parts.append({"caption": "Studies", "chapters": [{"file": f"notebooks/{n}"} for n in extra]})
+    parts.append({"caption": "Using the workbench", "chapters": [{"file": "data"}, {"file": "scaling"}]})
+    return {"format": "jb-book", "root": "intro", "parts": parts}
 
 
 class _ExternalRefs(html.parser.HTMLParser):
@@ -161,7 +162,9 @@ def external_resources(site: Path) -> dict[str, list[str]]:
 def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path] = (), docs: Path = DOCS) -> Path:
     """Build the site of ``run_dir``'s executed notebooks (and ``extra`` executed notebooks) into ``out``."""
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
-    notebooks = executed_notebooks(run_dir) + [Path(p).resolve() for p in extra]
+    run_notebooks = executed_notebooks(run_dir)
+    extra = [Path(p).resolve() for p in extra]
+    notebooks = run_notebooks + extra
     for p in notebooks:
         if not p.is_file():
             raise SiteError(f"{p}: notebook not found")
@@ -184,7 +187,8 @@ def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path]
                 raise SiteError(f"two notebooks named {p.stem}: {p}")
             shutil.copy2(p, book / "notebooks" / p.name)
             names.append(p.stem)
-        (book / "_toc.yml").write_text(yaml.safe_dump(_toc(names), sort_keys=False))
+        (book / "_toc.yml").write_text(yaml.safe_dump(_toc(names[:len(run_notebooks)], names[len(run_notebooks):]),
+                                                      sort_keys=False))
         vendor_js(book / "_vendor", modules)  # served as _static/vendor (html_static_path; not _static itself,
         # whose every .js file Jupyter Book would add to every page)
         proc = subprocess.run([*jb_cmd, "build", str(book), "--builder", "html", "--keep-going"],

@@ -59,8 +59,8 @@ def test_cli_reports_bad_parameter_file(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_pipeline_runs_with_ci_params(tmp_path):
-    folder = pipeline.run(ROOT / "params" / "ci.yaml", tmp_path / "run", cell_timeout=600)
+def test_pipeline_runs_with_ci_params(ci_run):
+    folder = ci_run
     status = json.loads((folder / "pipeline.json").read_text())["invocations"][-1]
     assert [n["status"] for n in status["notebooks"]] == ["ok"] * len(PIPELINE_NOTEBOOKS)
     record = json.loads((folder / "run.json").read_text())
@@ -72,6 +72,8 @@ def test_pipeline_runs_with_ci_params(tmp_path):
     assert {"eval_a", "eval_b", "threshold"} <= set(next(iter(metrics["results"].values())))
     assert any(p.name.endswith("_map_native.nii.gz") for p in (folder / "eval" / "maps").rglob("*"))
     assert (folder / "notebooks" / "02_train-addm.ipynb").is_file()
+    assert (folder / "notebooks" / "05_browse.ipynb").is_file()
+    assert list((folder / "eval" / "figures").glob("browse_*_axial.png")), "05_browse saved its montage"
     executed = nbformat.read(folder / "notebooks" / "00_method.ipynb", as_version=4)
     assert any(o.get("output_type") == "display_data" for c in executed.cells if c.cell_type == "code"
                for o in c.outputs), "figures are in the executed notebook"
