@@ -1,14 +1,14 @@
 # addm-workbench: the two commands of the README, each complete on a fresh machine.
 #   make demo   create .venv, install, run the demo pipeline (params/demo.yaml) into outputs/demo/: method checks,
 #               data, ADDM, the DDPM baseline (params/ddpm.yaml layered on the demo set), evaluation
-#   make test   create .venv, install, install Debian's chromium if missing (browser tests), run the test suite
+#   make test   create .venv, install, install Debian's chromium and npm if missing (browser and site tests), run the tests
 #   make site   build the tutorial site from the demo run's executed notebooks into outputs/site/ (after make demo)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test ci-params ablation-demo bench site browser clean-venv
+.PHONY: setup demo test ci-params ablation-demo bench site test-tools clean-venv
 
 setup: $(STAMP)
 
@@ -45,17 +45,18 @@ SITE_EXTRA := $(wildcard $(ABLATION_DIR)/04_ablation.ipynb $(BENCH_DIR)/06_bench
 site: setup
 	$(PY) -m addmlib.book --run-dir outputs/demo --out outputs/site $(addprefix --notebook ,$(SITE_EXTRA))
 
-# The real-browser tests drive Debian's chromium (playwright cannot download a browser here).
+# The real-browser tests drive Debian's chromium (playwright cannot download a browser here); the site build needs npm.
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-browser:
-	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+test-tools:
+	@test -x $(CHROMIUM) && command -v npm >/dev/null || { echo "installing Debian's chromium and npm for the tests"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		$$(test -x $(CHROMIUM) || echo chromium) $$(command -v npm >/dev/null || echo npm); }
 
 ci-params: setup
 	$(PY) -m addmlib.pipeline params/ci.yaml
 
-test: setup browser
+test: setup test-tools
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 clean-venv:

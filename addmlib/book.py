@@ -17,6 +17,7 @@ import hashlib
 import html.parser
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,13 +70,22 @@ def npm_modules(docs: Path = DOCS) -> Path:
     try:
         shutil.copy2(docs / "package.json", work / "package.json")
         shutil.copy2(lock, work / "package-lock.json")
-        proc = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=work,
-                              capture_output=True, text=True)
+        try:
+            proc = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=work,
+                                  capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise SiteError("npm ci did not finish within 15 minutes (is the npm registry reachable?)") from None
         if proc.returncode:
-            raise SiteError(f"npm ci failed in {work}:\n{proc.stderr[-3000:]}")
+            raise SiteError(f"npm ci of {lock} failed (the first build fetches the packages from the npm registry; "
+                            f"later builds use {target}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
         (work / ".complete").touch()
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(work, target)
+        if not (target / ".complete").is_file():  # another build may have finished first: then keep its copy
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.rename(work, target)
+            except OSError:
+                if not (target / ".complete").is_file():
+                    raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target / "node_modules"
@@ -139,23 +149,40 @@ class _ExternalRefs(html.parser.HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
-        url = None
-        if tag in ("script", "img", "iframe", "source", "video", "audio", "embed"):
-            url = a.get("src")
-        elif tag == "link" and set((a.get("rel") or "").split()) & {"stylesheet", "icon", "preload", "modulepreload"}:
-            url = a.get("href")
-        if url and url.split(":", 1)[0].lower() in ("http", "https") or (url or "").startswith("//"):
-            self.found.append(f"<{tag}> {url}")
+        urls = []
+        if tag in ("script", "img", "iframe", "source", "video", "audio", "embed", "input"):
+            urls.append(a.get("src"))
+        if tag in ("img", "source"):
+            urls += [part.split()[0] for part in (a.get("srcset") or "").split(",") if part.strip()]
+        if tag == "object":
+            urls.append(a.get("data"))
+        if tag == "link" and set((a.get("rel") or "").lower().split()) & {"stylesheet", "icon", "preload",
+                                                                           "modulepreload", "manifest"}:
+            urls.append(a.get("href"))
+        for url in filter(None, urls):
+            if url.split(":", 1)[0].lower() in ("http", "https") or url.startswith("//"):
+                self.found.append(f"<{tag}> {url}")
+
+
+_CSS_URL = re.compile(r"""(?:url\(\s*['"]?|@import\s+['"])\s*((?:https?:)?//[^'")\s]+)""", re.I)
 
 
 def external_resources(site: Path) -> dict[str, list[str]]:
-    """Page -> resources it would load from outside the site (empty when the site is self-contained)."""
+    """File -> resources it would load from outside the site: in HTML, tag attributes (src, srcset, object data,
+    stylesheet/icon links); in CSS, ``url()`` and ``@import``. Empty when the site is self-contained. (What scripts
+    fetch at run time is checked by loading the pages in a browser: tests/test_browser_e2e.py.)"""
     out = {}
-    for page in sorted(site.rglob("*.html")):
-        parser = _ExternalRefs()
-        parser.feed(page.read_text(encoding="utf-8", errors="replace"))
-        if parser.found:
-            out[str(page.relative_to(site))] = parser.found
+    for page in sorted(site.rglob("*")):
+        if page.suffix == ".html":
+            parser = _ExternalRefs()
+            parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+            found = parser.found
+        elif page.suffix == ".css":
+            found = [f"css {u}" for u in _CSS_URL.findall(page.read_text(encoding="utf-8", errors="replace"))]
+        else:
+            continue
+        if found:
+            out[str(page.relative_to(site))] = found
     return out
 
 
@@ -170,7 +197,10 @@ def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path]
             raise SiteError(f"{p}: notebook not found")
         check_executed(p)
     jb = Path(sys.executable).parent / "jupyter-book"
-    jb_cmd = [str(jb)] if jb.is_file() else [shutil.which("jupyter-book") or "jupyter-book"]
+    jb_path = str(jb) if jb.is_file() else shutil.which("jupyter-book")
+    if jb_path is None:
+        raise SiteError("jupyter-book is not installed: pip install 'jupyter-book<2' (the project's dependencies "
+                        "include it)")
     modules = npm_modules(docs)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build.", dir=out.parent))
@@ -191,22 +221,27 @@ def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path]
                                                       sort_keys=False))
         vendor_js(book / "_vendor", modules)  # served as _static/vendor (html_static_path; not _static itself,
         # whose every .js file Jupyter Book would add to every page)
-        proc = subprocess.run([*jb_cmd, "build", str(book), "--builder", "html", "--keep-going"],
+        # -W: a warning (a broken include or link, an unreadable notebook) fails the build
+        proc = subprocess.run([jb_path, "build", str(book), "--builder", "html", "-W", "--keep-going"],
                               capture_output=True, text=True)
         html_dir = book / "_build" / "html"
-        if proc.returncode or not (html_dir / "index.html").is_file():
-            raise SiteError(f"jupyter-book build failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                            f"{proc.stderr[-4000:]}")
+        missing = [p for p in ["index.html", *(f"notebooks/{n}.html" for n in names)] if not (html_dir / p).is_file()]
+        if proc.returncode or missing:
+            raise SiteError(f"jupyter-book build failed (exit {proc.returncode}; pages missing: {missing}):\n"
+                            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         external = external_resources(html_dir)
         if external:
             raise SiteError("pages would load resources from the internet:\n" + json.dumps(external, indent=1))
         (html_dir / "site.json").write_text(json.dumps({"run_dir": str(run_dir), "notebooks": names}, indent=1))
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = work / "previous"
         if out.exists():
             os.replace(out, old)
-        os.replace(html_dir, out)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(html_dir, out)
+        except OSError:
+            if old.exists():
+                os.replace(old, out)  # put the previous site back
+            raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out

@@ -9,6 +9,7 @@ an unknown or ill-typed parameter is an error that names it and where it came fr
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -456,8 +457,9 @@ class BrowseConfig(RunConfig):
         for name in ("montage_slices", "figure_slices"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.threshold is not None and not self.threshold >= 0:
-            raise ValueError(f"threshold must be >= 0 (or None for the calibrated one), got {self.threshold}")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise ValueError(f"threshold must be a finite number >= 0 (or None for the calibrated one), "
+                             f"got {self.threshold}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.eval_name):
             raise ValueError(f"eval_name {self.eval_name!r} may only hold letters, digits, '_', '.', '-'")
 

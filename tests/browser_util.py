@@ -97,8 +97,12 @@ def pixels(png: bytes) -> np.ndarray:
 
 
 def differs(a: bytes, b: bytes, min_fraction: float = 0.005) -> bool:
-    """Whether two screenshots differ in at least ``min_fraction`` of their pixels (sizes may differ)."""
+    """Whether two screenshots of the same element differ in at least ``min_fraction`` of their pixels; both must
+    have the same size and show something (not one flat colour)."""
     pa, pb = pixels(a), pixels(b)
     if pa.shape != pb.shape:
-        return True
+        raise AssertionError(f"screenshots of different sizes {pa.shape} and {pb.shape}: the element changed layout")
+    for p in (pa, pb):
+        if int(p.max()) - int(p.min()) < 32:
+            raise AssertionError("a screenshot is blank (one flat colour): the image did not render")
     return float((np.abs(pa - pb).max(-1) > 8).mean()) >= min_fraction

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import papermill
 import pytest
@@ -17,7 +18,8 @@ from addmlib.book import build_site, external_resources
 from .browser_util import chromium, differs, free_port, server, static_server
 
 pytestmark = pytest.mark.slow
-ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE_SRC = "() => { const i = document.querySelector('img.widget-image'); return i ? i.src : null; }"
 
 
 def _wait_for_change(read, before, timeout=60.0):
@@ -57,19 +59,17 @@ def test_slice_browser_in_jupyterlab(ci_run, tmp_path, artifacts):
         page = ctx.new_page()
         page.goto(f"{base}/lab/tree/05_browse.ipynb?token={token}")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                               ".jp-Toolbar-kernelStatus", timeout=90_000)
-        time.sleep(2)  # let the kernel connect
+        page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=90_000)  # status bar: kernel started
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
         readout = page.locator(".addm-readout")
         readout.wait_for(timeout=180_000)
         image = page.locator("img.widget-image").first
         image.wait_for(timeout=60_000)
+        page.wait_for_function("() => document.querySelector('img.widget-image').naturalWidth > 0")
         image.scroll_into_view_if_needed()
-        time.sleep(1)
         page.screenshot(path=str(artifacts / "jupyterlab-1-opened.png"))
-        shot0, text0 = image.screenshot(), readout.inner_text()
+        shot0, text0, src0 = image.screenshot(), readout.inner_text(), page.evaluate(IMAGE_SRC)
         assert re.search(r"axial slice \d+", text0) and "volume Dice" in text0
 
         # move the axial slice slider: the picture and the slice readout change, the volume Dice does not
@@ -77,7 +77,7 @@ def test_slice_browser_in_jupyterlab(ci_run, tmp_path, artifacts):
         k1 = k0 - 4 if k0 >= 4 else k0 + 4  # params/ci.yaml scores every 4th slice: another scored one
         _set_slider(page, "axial", k1)
         text1 = _wait_for_change(readout.inner_text, text0)
-        time.sleep(1)
+        src1 = _wait_for_change(lambda: page.evaluate(IMAGE_SRC), src0)
         shot1 = image.screenshot()
         page.screenshot(path=str(artifacts / "jupyterlab-2-slice-moved.png"))
         assert re.search(rf"axial slice {k1}\b", text1), text1
@@ -88,10 +88,10 @@ def test_slice_browser_in_jupyterlab(ci_run, tmp_path, artifacts):
         # move the threshold to 0: everything in the scored brain is predicted, the Dice readout changes
         _set_slider(page, "threshold", 0)
         text2 = _wait_for_change(readout.inner_text, text1)
-        time.sleep(1)
+        _wait_for_change(lambda: page.evaluate(IMAGE_SRC), src1)
         shot2 = image.screenshot()
         page.screenshot(path=str(artifacts / "jupyterlab-3-threshold-0.png"))
-        assert "at threshold 0.000" in text2
+        assert re.search(r"at threshold 0(?![.\d])", text2), text2
         assert volume_dice.search(text2).group(1) != volume_dice.search(text1).group(1), (text1, text2)
         assert differs(shot1, shot2), "the prediction panel did not change with the threshold"
 
@@ -99,6 +99,7 @@ def test_slice_browser_in_jupyterlab(ci_run, tmp_path, artifacts):
         assert not [e for e in errors if "Traceback" in e or "Error" in e], errors
 
 
+@pytest.mark.registry  # the first site build fetches its JavaScript from the npm registry (then cached)
 def test_site_builds_offline_and_the_browsing_page_works(ci_run, tmp_path, artifacts):
     site = build_site(ci_run, tmp_path / "site")
     for page in ("index.html", "intro.html", "data.html", "scaling.html", "method.html",
@@ -120,6 +121,15 @@ def test_site_builds_offline_and_the_browsing_page_works(ci_run, tmp_path, artif
         # sphinx-thebe (always on in Jupyter Book 1) declares THEBE_JS_URL twice; harmless, not ours
         page.on("pageerror", lambda e: errors.append(str(e)) if "THEBE_JS_URL" not in str(e) else None)
 
+        pages = [p.relative_to(site).as_posix() for p in sorted(site.rglob("*.html"))
+                 if p.relative_to(site).parts[0] not in ("_static", "_sources")]
+        assert len(pages) >= 10, pages
+        for html in pages:  # every page loads without a failed or outside request
+            page.goto(f"{base}/{html}", wait_until="networkidle")
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # lazily loaded parts (fonts, images)
+            page.wait_for_load_state("networkidle")
+            assert not problems, (html, problems)
+
         page.goto(f"{base}/intro.html", wait_until="networkidle")
         page.wait_for_selector("mjx-container", timeout=30_000)  # equations typeset by the site's own MathJax
 
@@ -129,7 +139,8 @@ def test_site_builds_offline_and_the_browsing_page_works(ci_run, tmp_path, artif
         page.wait_for_selector(".js-plotly-plot .slider-container", timeout=30_000)
         page.wait_for_selector(".addm-readout", timeout=30_000)  # the saved widget state rendered
         figure.scroll_into_view_if_needed()
-        time.sleep(1)
+        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot image')]"
+                               ".some(i => i.getBoundingClientRect().width > 0)")
         title0, shot0 = page.locator(".js-plotly-plot .gtitle").first.text_content(), figure.screenshot()
         page.screenshot(path=str(artifacts / "site-1-browse-page.png"), full_page=False)
         steps = page.evaluate("() => { const s = document.querySelector('.js-plotly-plot').layout.sliders[0];"
@@ -138,8 +149,9 @@ def test_site_builds_offline_and_the_browsing_page_works(ci_run, tmp_path, artif
         box = page.locator(".js-plotly-plot .slider-rail-rect").first.bounding_box()
         to = 0.02 if steps[0] > steps[1] / 2 else 0.98  # the far end from the slice it opened on
         page.mouse.click(box["x"] + box["width"] * to, box["y"] + box["height"] / 2)
-        time.sleep(1)
-        title1, shot1 = page.locator(".js-plotly-plot .gtitle").first.text_content(), figure.screenshot()
+        title1 = _wait_for_change(lambda: page.locator(".js-plotly-plot .gtitle").first.text_content(), title0, 30)
+        # "update" restyles (which image is visible) and relayouts (the title) in one call: the title changed, so did it
+        shot1 = figure.screenshot()
         figure.screenshot(path=str(artifacts / "site-2-slider-moved.png"))
         assert title1 != title0, "the plotly slider did not change the slice"
         assert differs(shot0, shot1), "the plotly figure's image did not change with its slider"

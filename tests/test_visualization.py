@@ -9,7 +9,7 @@ import pytest
 from addmlib.config import BrowseConfig, ConfigError, validate
 from addmlib.data.io import VolumeError
 from addmlib.visualization import SliceBrowser, load_nifti_set, overlap, predict, run_volumes, slice_figure
-from addmlib.visualization.figures import OfflineNotebookRenderer, montage, pick_slices
+from addmlib.visualization.figures import OfflineNotebookRenderer, montage, pick_slices, slice_title
 from addmlib.visualization.overlay import (View, blend, colormap, compose, gray, outline, panels, png, upscale)
 from addmlib.visualization.prediction import largest_slice, starting_threshold
 from addmlib.visualization.volumes import extract, pixel_spacing, select_volume
@@ -73,6 +73,40 @@ def test_files_on_different_grids_are_refused_naming_the_file(tmp_path):
         load_nifti_set(tmp_path / "nope.nii.gz", paths["map"])
 
 
+def test_swapped_axes_are_transposed_to_canonical(tmp_path):
+    """A PIR file (axis 0 posterior, 1 inferior, 2 right) lands on the same canonical grid as its RAS twin."""
+    ras = np.zeros((6, 7, 8))
+    ras[5, 6, 7] = 1.0  # right, anterior, superior corner
+    pir_affine = np.array([[0, 0, 1.0, 0], [-1.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1]])
+    # PIR voxel (p, i, r) holds RAS voxel (r, 6 - p, 7 - i)
+    pir = np.transpose(ras[:, ::-1, ::-1], (1, 2, 0))
+    scan = _save(tmp_path / "pir.nii.gz", pir + 0.1, pir_affine)
+    vol = load_nifti_set(scan, _save(tmp_path / "pir_map.nii.gz", pir, pir_affine))
+    assert vol.image.shape == (6, 7, 8) and vol.amap[5, 6, 7] == 1.0
+    assert extract(vol.amap, "axial", 7)[0, 0] == 1.0  # anterior at the top, patient's right on the left
+
+
+def test_masks_may_be_empty_but_not_malformed(tmp_path):
+    paths, affine = _las_set(tmp_path)
+    empty = _save(tmp_path / "empty_lesion.nii.gz", np.zeros(SHAPE), affine)
+    vol = load_nifti_set(paths["scan"], paths["map"], empty)
+    assert not vol.lesion.any() and overlap(vol, predict(vol, 0.5)).tp == 0
+    four_d = _save(tmp_path / "4d_lesion.nii.gz", np.zeros(SHAPE + (3,)), affine)
+    with pytest.raises(VolumeError, match="4d_lesion.nii.gz: a 4-D volume"):
+        load_nifti_set(paths["scan"], paths["map"], four_d)
+    nan_map = np.zeros(SHAPE)
+    nan_map[1, 1, 1] = np.nan
+    with pytest.raises(VolumeError, match="nan_map.nii.gz: contains 1 NaN/Inf voxels"):
+        load_nifti_set(paths["scan"], _save(tmp_path / "nan_map.nii.gz", nan_map, affine))
+    no_brain = np.zeros(SHAPE)
+    no_brain[:, :, 12:] = 1
+    recon = np.zeros(SHAPE)
+    recon[:, :, :8] = 0.1
+    with pytest.raises(VolumeError, match="brain mask holds no voxel on the scored slices"):
+        load_nifti_set(paths["scan"], paths["map"], None, _save(tmp_path / "r.nii.gz", recon, affine),
+                       _save(tmp_path / "b.nii.gz", no_brain, affine), scored_from_recon=True)
+
+
 def test_threshold_prediction_and_dice(tmp_path):
     paths, _ = _las_set(tmp_path)
     vol = load_nifti_set(paths["scan"], paths["map"], paths["lesion"])
@@ -97,13 +131,15 @@ def test_dice_counts_only_scored_slices_and_the_brain(tmp_path):
     recon = np.full(SHAPE, 0.1)
     recon[:, :, 8:] = 0  # slices 8.. were not scored: the lesion's upper half does not count
     brain = np.zeros(SHAPE)
-    brain[4:, :, :] = 1  # the false-positive voxel at canonical i = 16 (file i = 3) stays in; file i < 4 is out
+    brain[4:, :, :] = 1  # file voxels i < 4 are outside the brain, the false-positive one (file i = 3) among them
     rp = _save(tmp_path / "v_recon.nii.gz", recon, affine)
     bp = _save(tmp_path / "v_brain.nii.gz", brain, affine)
-    vol = load_nifti_set(paths["scan"], paths["map"], paths["lesion"], rp, bp)
+    assert load_nifti_set(paths["scan"], paths["map"], paths["lesion"], rp, bp).scored.all(), "all count by default"
+    vol = load_nifti_set(paths["scan"], paths["map"], paths["lesion"], rp, bp, scored_from_recon=True)
     assert vol.scored.tolist() == [True] * 8 + [False] * 8
     o = overlap(vol, predict(vol, 0.5))
     assert (o.tp, o.fp, o.fn) == (32, 0, 0), "the FP voxel lies outside the brain, the missed half on unscored slices"
+    assert slice_title(vol, predict(vol, 0.5), "axial", 9).endswith("· not scored")
     assert starting_threshold(vol) == (pytest.approx(np.percentile(vol.amap[vol.region], 99)),
                                        "99th percentile of this map, not calibrated")
     vol.threshold = 0.3
@@ -135,22 +171,23 @@ def test_panels_follow_what_the_volume_has(tmp_path):
     paths, affine = _las_set(tmp_path)
     bare = load_nifti_set(paths["scan"], paths["map"])
     assert [t for t, _ in panels(bare, View("axial", 6, 0.5))] == ["input", "anomaly map", "overlay (50%)",
-                                                                     "map >= 0.500"]
+                                                                     "map >= 0.5"]
     recon = np.full(SHAPE, 0.1)
     recon[:, :, 8:] = 0
-    full = load_nifti_set(paths["scan"], paths["map"], paths["lesion"], _save(tmp_path / "r.nii.gz", recon, affine))
+    full = load_nifti_set(paths["scan"], paths["map"], paths["lesion"], _save(tmp_path / "r.nii.gz", recon, affine),
+                          scored_from_recon=True)
     titles = [t for t, _ in panels(full, View("axial", 9, 0.5))]
     assert titles[:3] == ["input", "reconstruction (not scored)", "anomaly map (not scored)"] and len(titles) == 6
     # the prediction panel colours found lesion green, missed lesion blue; the outline toggle changes the overlay
     scored = load_nifti_set(paths["scan"], paths["map"], paths["lesion"])  # every slice scored
 
     def hue_counts(index):
-        p = dict(panels(scored, View("axial", index, 0.5, height=24)))["map >= 0.500"].astype(int)
+        p = dict(panels(scored, View("axial", index, 0.5, height=24)))["map >= 0.5"].astype(int)
         return (p[..., 1] > p[..., 0] + 60).sum(), (p[..., 2] > p[..., 0] + 60).sum()  # green (found), blue (missed)
 
     assert hue_counts(6)[0] > 0 and hue_counts(6)[1] == 0
     assert hue_counts(8)[0] == 0 and hue_counts(8)[1] > 0
-    assert (dict(panels(full, View("axial", 8, 0.5)))["map >= 0.500"] ==
+    assert (dict(panels(full, View("axial", 8, 0.5)))["map >= 0.5"] ==
             dict(panels(full, View("axial", 8, 0.5)))["input"]).all(), "nothing counts on an unscored slice"
     with_ring = dict(panels(full, View("axial", 6, 0.5, contour=True)))["overlay (50%)"]
     without = dict(panels(full, View("axial", 6, 0.5, contour=False)))["overlay (50%)"]
@@ -182,6 +219,19 @@ def test_browser_logic_without_a_browser(tmp_path):
     b.volume_w.value = 1
     assert b.volume.id == "no-mask" and "no ground truth" in b.readout and b.jump_lesion_w.disabled
     assert "not calibrated" in b.readout
+    # a volume of another shape, with a threshold above its map's maximum: nothing is clamped
+    small = np.zeros((10, 12, 9))
+    small[2:8, 2:10, 2:7] = 0.5
+    other_affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    third = load_nifti_set(_save(tmp_path / "s.nii.gz", small, other_affine),
+                           _save(tmp_path / "s_map.nii.gz", small * 0.2, other_affine), threshold=3.0)
+    b2 = SliceBrowser([vol, third], start=1)
+    assert b2.threshold_w.value == 3.0 and "at threshold 3 " in b2.readout
+    assert b2.slice_w["axial"].max == 8 and b2.slice_w["sagittal"].max == 9
+    b2.volume_w.value = 0
+    assert b2.slice_w["axial"].max == 15 and b2.threshold_w.value == 0.5
+    with pytest.raises(ValueError, match="start 2 is outside"):
+        SliceBrowser([vol, third], start=2)
     with pytest.raises(ValueError, match="jump target"):
         b.jump("elsewhere")
     with pytest.raises(ValueError, match="nothing to browse"):
@@ -199,6 +249,11 @@ def test_static_figures(tmp_path):
     assert [s.label for s in steps] == ["6", "7", "8", "9"]
     assert steps[2].args[0]["visible"] == [False, False, True, False]
     assert "slice Dice 0.000" in steps[2].args[1]["title.text"]
+    assert "slice Dice n/a (TP 0, FP 0, FN 0)" in slice_title(vol, predict(vol, 0.5), "axial", 12)
+    with pytest.raises(ValueError, match="no slices to show"):
+        slice_figure(vol, 0.5, "axial", slices=[])
+    with pytest.raises(ValueError, match=r"axial slices \[40\] are outside"):
+        montage(vol, 0.5, "axial", slices=[40])
     assert all(t.source.startswith("data:image/png;base64,") for t in fig.data)
     m = montage(vol, 0.5, "coronal", 2)
     assert len(m.axes) == 2 * 5

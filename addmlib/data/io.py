@@ -18,7 +18,7 @@ class VolumeError(ValueError):
     """A volume file cannot be used; the message names the file and the problem."""
 
 
-def _check(data: np.ndarray, path: Path) -> np.ndarray:
+def _check(data: np.ndarray, path: Path, allow_empty: bool = False) -> np.ndarray:
     if data.ndim > 3:
         extra = [s for s in data.shape[3:] if s != 1]
         if extra:
@@ -33,29 +33,29 @@ def _check(data: np.ndarray, path: Path) -> np.ndarray:
         raise VolumeError(f"{path}: the volume is empty (shape {data.shape})")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise VolumeError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN/Inf voxels")
-    if not np.any(data):
+    if not allow_empty and not np.any(data):
         raise VolumeError(f"{path}: every voxel is zero (an empty volume)")
     return data
 
 
-def _read_nifti(path: Path) -> nib.Nifti1Image:
+def _read_nifti(path: Path, allow_empty: bool = False) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError, ValueError) as exc:
         raise VolumeError(f"{path}: cannot be read as NIfTI (corrupt or truncated?): {exc}") from None
-    data = _check(np.asarray(data), path)
+    data = _check(np.asarray(data), path, allow_empty)
     return nib.Nifti1Image(data, img.affine)
 
 
-def _read_nrrd(path: Path) -> nib.Nifti1Image:
+def _read_nrrd(path: Path, allow_empty: bool = False) -> nib.Nifti1Image:
     import nrrd
 
     try:
         data, header = nrrd.read(str(path))
     except (nrrd.NRRDError, OSError, EOFError, zlib.error, ValueError) as exc:
         raise VolumeError(f"{path}: cannot be read as NRRD (corrupt or truncated?): {exc}") from None
-    data = _check(np.asarray(data), path)
+    data = _check(np.asarray(data), path, allow_empty)
     directions = np.asarray(header.get("space directions"), dtype=float)
     if directions.shape != (3, 3):
         raise VolumeError(f"{path}: NRRD without 3x3 'space directions' cannot be placed in space")
@@ -71,16 +71,17 @@ def _read_nrrd(path: Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(data, affine)
 
 
-def read_volume(path: str | Path) -> nib.Nifti1Image:
-    """Read a 3-D MRI volume (.nii, .nii.gz, .nrrd, .nhdr) as a NIfTI image with a RAS+ affine."""
+def read_volume(path: str | Path, allow_empty: bool = False) -> nib.Nifti1Image:
+    """Read a 3-D MRI volume (.nii, .nii.gz, .nrrd, .nhdr) as a NIfTI image with a RAS+ affine (``allow_empty``: an
+    all-zero volume is fine, e.g. the lesion mask of a healthy brain)."""
     path = Path(path)
     if not path.is_file():
         raise VolumeError(f"{path}: file not found")
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        return _read_nifti(path)
+        return _read_nifti(path, allow_empty)
     if name.endswith((".nrrd", ".nhdr")):
-        return _read_nrrd(path)
+        return _read_nrrd(path, allow_empty)
     raise VolumeError(f"{path}: unknown volume format (expected .nii, .nii.gz, .nrrd or .nhdr)")
 
 

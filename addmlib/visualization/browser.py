@@ -16,7 +16,7 @@ import numpy as np
 from .figures import slice_title
 from .overlay import COLORMAPS, View, compose, map_range, panels, png
 from .prediction import largest_slice, overlap, predict, starting_threshold
-from .volumes import AXIS, PLANES, BrowseVolume, Plane, RunVolume
+from .volumes import PLANES, BrowseVolume, Plane, RunVolume
 
 
 class SliceBrowser:
@@ -26,11 +26,16 @@ class SliceBrowser:
     or, without one, the 99th percentile of its map over the region (said so in the readout).
     """
 
+    KEEP_LOADED = 4
+    """Volumes read from files kept in memory at once."""
+
     def __init__(self, volumes: Sequence[RunVolume | BrowseVolume], start: int = 0, plane: Plane = "axial",
                  threshold: float | None = None, opacity: float = 0.5, cmap: str = "inferno",
                  radiological: bool = True, height: int = 192) -> None:
         if not volumes:
             raise ValueError("nothing to browse: the list of volumes is empty")
+        if not 0 <= start < len(volumes):
+            raise ValueError(f"start {start} is outside [0, {len(volumes) - 1}] (the volumes' indices)")
         if plane not in PLANES:
             raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
         if cmap not in COLORMAPS:
@@ -51,7 +56,7 @@ class SliceBrowser:
                                              style={"button_width": "80px"})
         self.slice_w = {p: widgets.IntSlider(value=0, min=0, max=1, description=p, continuous_update=False)
                         for p in PLANES}
-        self.threshold_w = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.001, readout_format=".3f",
+        self.threshold_w = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.001, readout_format=".4g",
                                                description="threshold", continuous_update=False)
         self.opacity_w = widgets.FloatSlider(value=opacity, min=0.0, max=1.0, step=0.05, description="opacity",
                                              continuous_update=False)
@@ -87,6 +92,9 @@ class SliceBrowser:
         if i not in self._loaded:
             entry = self._entries[i]
             self._loaded[i] = entry.load() if isinstance(entry, RunVolume) else entry
+            for old in [k for k in self._loaded if k != i][:-self.KEEP_LOADED + 1 or None]:
+                if isinstance(self._entries[old], RunVolume):
+                    del self._loaded[old]  # files are re-read when needed; user-given volumes stay
         return self._loaded[i]
 
     @property
@@ -111,9 +119,13 @@ class SliceBrowser:
         self._quiet = True
         try:
             self._map_max = map_range(vol)
-            self.threshold_w.max = round(max(float(vol.amap.max()), self._map_max) * 1.05, 3) or 1.0
             start, self._threshold_source = starting_threshold(vol, self._fixed_threshold)
-            self.threshold_w.value = min(start, self.threshold_w.max)
+            low = min(0.0, float(vol.amap.min()), start)
+            high = max(float(vol.amap.max()) * 1.05, start, low + 1e-6)
+            self.threshold_w.min, self.threshold_w.max = -1e12, 1e12  # widen first: min and max clamp each other
+            self.threshold_w.min, self.threshold_w.max = low, high
+            self.threshold_w.step = (high - low) / 1000
+            self.threshold_w.value = start
             focus = vol.lesion & vol.region if vol.lesion is not None and vol.lesion.any() else vol.region
             for p, w in self.slice_w.items():
                 w.max = vol.n_slices(p) - 1
@@ -169,9 +181,9 @@ class SliceBrowser:
         lines = [f"<b>{slice_title(vol, pred, self.plane, self.index)}</b>"]
         if total is not None:
             lines.append(f"volume Dice <b>{total.dice:.3f}</b> (TP {total.tp}, FP {total.fp}, FN {total.fn}) "
-                         f"at threshold {thr:.3f}")
+                         f"at threshold {thr:.4g}")
         else:
-            lines.append(f"{int(pred.sum())} voxels predicted at threshold {thr:.3f} (no ground truth)")
+            lines.append(f"{int(pred.sum())} voxels predicted at threshold {thr:.4g} (no ground truth)")
         lines.append(f"starting threshold: {self._threshold_source}; voxels counted: brain on scored slices "
                      f"({int(vol.scored.sum())} of {vol.scored.size} axial); "
                      f"{'radiological' if self.radiological else 'neurological'} view")

@@ -9,6 +9,7 @@ the internet (plotly's own "notebook" renderer adds a MathJax script from a CDN 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
@@ -18,7 +19,8 @@ import plotly.io as pio
 from plotly.io._base_renderers import HtmlRenderer
 
 from .overlay import View, compose, map_range, panels, png
-from .prediction import largest_slice, overlap, predict
+from ..fileio import atomic_path
+from .prediction import overlap, predict
 from .volumes import AXIS, BrowseVolume, Plane
 
 OFFLINE_RENDERER = "addm_offline"
@@ -37,19 +39,43 @@ def pick_slices(vol: BrowseVolume, plane: Plane, n: int) -> list[int]:
     return [int(present[i]) for i in picks]
 
 
+def _slices(vol: BrowseVolume, plane: Plane, n: int, slices: Sequence[int] | None) -> list[int]:
+    chosen = list(slices) if slices is not None else pick_slices(vol, plane, n)
+    if not chosen:
+        raise ValueError("no slices to show: slices is empty")
+    bad = [k for k in chosen if not 0 <= k < vol.n_slices(plane)]
+    if bad:
+        raise ValueError(f"{plane} slices {bad} are outside [0, {vol.n_slices(plane) - 1}]")
+    return chosen
+
+
 def slice_title(vol: BrowseVolume, pred: np.ndarray, plane: Plane, index: int) -> str:
-    """'<plane> slice k (z = .. mm): Dice ..' for one slice."""
+    """'<plane> slice k (z = .. mm) · slice Dice ..' for one slice; "not scored" when no voxel of it counts, "n/a"
+    when it holds neither lesion nor prediction."""
     ax = "xyz"[AXIS[plane]]
     text = f"{plane} slice {index} ({ax} = {vol.world_mm(plane, index):.1f} mm)"
+    if not np.take(vol.region, index, axis=AXIS[plane]).any():
+        return text + " · not scored"
     o = overlap(vol, pred, plane, index)
-    return text + (f" · slice Dice {o.dice:.3f} (TP {o.tp}, FP {o.fp}, FN {o.fn})" if o is not None else "")
+    if o is None:
+        return text + f" · {int(np.take(pred, index, axis=AXIS[plane]).sum())} voxels predicted"
+    dice = "n/a" if o.tp + o.fp + o.fn == 0 else f"{o.dice:.3f}"
+    return text + f" · slice Dice {dice} (TP {o.tp}, FP {o.fp}, FN {o.fn})"
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path
 
 
 def montage(vol: BrowseVolume, threshold: float, plane: Plane = "axial", n: int = 4,
             slices: Sequence[int] | None = None, **view: Any) -> plt.Figure:
     """One row of panels per slice (input, reconstruction, map, ground truth, overlay, prediction)."""
     pred = predict(vol, threshold)
-    chosen = list(slices) if slices is not None else pick_slices(vol, plane, n)
+    chosen = _slices(vol, plane, n, slices)
     view.setdefault("map_max", map_range(vol))
     rows = [panels(vol, View(plane, k, threshold, **view), pred) for k in chosen]
     cols = len(rows[0])
@@ -62,7 +88,7 @@ def montage(vol: BrowseVolume, threshold: float, plane: Plane = "axial", n: int 
                 axes[r, c].set_title(title, fontsize=7)
         axes[r, 0].text(-0.08, 0.5, f"{plane} {k}", transform=axes[r, 0].transAxes, rotation=90, va="center",
                         ha="right", fontsize=7)
-    fig.suptitle(f"{vol.label or vol.id} (threshold {threshold:.3f})", fontsize=8)
+    fig.suptitle(f"{vol.label or vol.id} (threshold {threshold:.4g})", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -71,7 +97,7 @@ def slice_figure(vol: BrowseVolume, threshold: float, plane: Plane = "axial", n:
                  slices: Sequence[int] | None = None, **view: Any) -> go.Figure:
     """A plotly figure whose slider steps through precomputed slices (one image trace per slice)."""
     pred = predict(vol, threshold)
-    chosen = list(slices) if slices is not None else pick_slices(vol, plane, n)
+    chosen = _slices(vol, plane, n, slices)
     view.setdefault("map_max", map_range(vol))
     fig = go.Figure()
     titles = []

@@ -106,8 +106,7 @@ def panels(vol: BrowseVolume, view: View, pred: np.ndarray | None = None) -> lis
     def take(a: np.ndarray) -> np.ndarray:
         return upscale(extract(a, view.plane, view.index, view.radiological), row_mm, col_mm, view.height)
 
-    lo, hi = np.percentile(vol.image, [0.5, 99.5])
-    hi = hi if hi > lo else lo + 1.0
+    lo, hi = vol.intensity_range
     scan = gray(take(vol.image), lo, hi)
     amap = take(vol.amap)
     top = view.map_max if view.map_max is not None else map_range(vol)
@@ -118,10 +117,10 @@ def panels(vol: BrowseVolume, view: View, pred: np.ndarray | None = None) -> lis
         return paint(rgb, ring, CONTOUR) if ring is not None else rgb
 
     out = [("input", scan)]
-    unscored = view.plane == "axial" and not vol.scored[view.index]
+    unscored = view.plane == "axial" and not np.asarray(vol.scored)[view.index]
     note = " (not scored)" if unscored else ""
     if vol.recon is not None:
-        scored = take(np.broadcast_to(vol.scored, vol.recon.shape))
+        scored = take(np.broadcast_to(np.asarray(vol.scored), vol.recon.shape))
         out.append(("reconstruction" + note, np.where(scored[..., None], gray(take(vol.recon), lo, hi), scan // 4)))
     out.append(("anomaly map" + note, colormap(amap, 0.0, top, view.cmap)))
     if lesion is not None:
@@ -134,7 +133,7 @@ def panels(vol: BrowseVolume, view: View, pred: np.ndarray | None = None) -> lis
         shown = paint(paint(paint(scan, p & lesion, TP, 0.8), p & ~lesion, FP, 0.8), ~p & lesion, FN, 0.8)
     else:
         shown = paint(scan, p, FP, 0.8)
-    out.append((f"map >= {view.threshold:.3f}", shown))
+    out.append((f"map >= {view.threshold:.4g}", shown))
     return out
 
 

@@ -15,7 +15,7 @@ Display orientation of a 2-D slice: superior (axial: anterior) at the top; radio
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -35,10 +35,9 @@ AXIS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 class BrowseVolume:
     """One volume and its maps on a common canonical (RAS+) grid.
 
-    ``scored`` is the boolean array over axial slices that were scored (the evaluation writes 0 into the maps and the
-    reconstruction of unscored slices); Dice counts voxels of ``brain`` on scored slices only (the whole volume
-    when there is no brain mask). ``min_component_voxels`` drops predicted components smaller than that, on the
-    stack of scored slices, exactly as the evaluation did (1: off).
+    ``scored`` is the boolean array over axial slices that were scored (None: all); Dice counts voxels of ``brain``
+    on scored slices only (the whole volume when there is no brain mask). ``min_component_voxels`` drops predicted
+    components smaller than that, on the stack of scored slices, exactly as the evaluation did (1: off).
     """
 
     id: str
@@ -51,15 +50,16 @@ class BrowseVolume:
     threshold: float | None = None
     min_component_voxels: int = 1
     label: str = ""
-    scored: np.ndarray = field(init=False)
+    scored: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.recon is not None:
-            self.scored = np.abs(self.recon).reshape(-1, self.recon.shape[2]).max(0) > 0
-        else:
+        if self.scored is None:
             self.scored = np.ones(self.image.shape[2], dtype=bool)
-        if not self.scored.any():
-            raise VolumeError(f"{self.id}: the reconstruction is zero on every slice (nothing was scored)")
+        self.scored = np.asarray(self.scored, dtype=bool)
+        if self.scored.shape != (self.image.shape[2],) or not self.scored.any():
+            raise VolumeError(f"{self.id}: scored must flag at least one of the {self.image.shape[2]} axial slices")
+        if not self.region.any():
+            raise VolumeError(f"{self.id}: the brain mask holds no voxel on the scored slices: nothing to measure")
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -67,10 +67,16 @@ class BrowseVolume:
         return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(0)))  # type: ignore[return-value]
 
     @cached_property
+    def intensity_range(self) -> tuple[float, float]:
+        """Grey-scale window of the scan: its 0.5th and 99.5th percentiles."""
+        lo, hi = (float(v) for v in np.percentile(self.image, [0.5, 99.5]))
+        return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+    @cached_property
     def region(self) -> np.ndarray:
         """Voxels that count for Dice: the brain mask (or everything) on scored axial slices."""
         region = self.brain.copy() if self.brain is not None else np.ones(self.image.shape, dtype=bool)
-        region[:, :, ~self.scored] = False
+        region[:, :, ~np.asarray(self.scored)] = False
         return region
 
     def n_slices(self, plane: Plane) -> int:
@@ -89,20 +95,18 @@ def _canonical(img: nib.Nifti1Image) -> nib.Nifti1Image:
 
 def load_nifti_set(scan: str | Path, amap: str | Path, lesion: str | Path | None = None,
                    recon: str | Path | None = None, brain: str | Path | None = None, *, id: str | None = None,
-                   threshold: float | None = None, min_component_voxels: int = 1, label: str = "") -> BrowseVolume:
+                   threshold: float | None = None, min_component_voxels: int = 1, label: str = "",
+                   scored_from_recon: bool = False) -> BrowseVolume:
     """Read a scan and its anomaly map (and optionally a lesion mask, a reconstruction, a brain mask), check that they
-    share one grid, and return them in canonical orientation. Masks are voxels > 0.5."""
+    share one grid, and return them in canonical orientation. Masks are voxels > 0.5. ``scored_from_recon``: axial
+    slices whose reconstruction is all zero were not scored (how ``03_evaluate`` writes its maps); otherwise all
+    slices count."""
     ref = _canonical(read_volume(scan))
     arrays: dict[str, np.ndarray] = {"scan": np.asarray(ref.dataobj, dtype=np.float32)}
     for name, path in (("map", amap), ("lesion", lesion), ("recon", recon), ("brain", brain)):
         if path is None:
             continue
-        try:
-            img = _canonical(read_volume(path))
-        except VolumeError:
-            if name != "lesion" or not Path(path).is_file():
-                raise
-            img = _canonical(nib.load(str(path)))  # an all-zero lesion mask (a healthy volume) is a valid mask
+        img = _canonical(read_volume(path, allow_empty=name in ("map", "lesion")))
         if img.shape[:3] != ref.shape[:3]:
             raise VolumeError(f"{path}: the {name} has shape {img.shape[:3]} but the scan {scan} has {ref.shape[:3]};"
                               f" resample it onto the scan's grid first")
@@ -115,9 +119,16 @@ def load_nifti_set(scan: str | Path, amap: str | Path, lesion: str | Path | None
         raise ValueError(f"threshold must be a finite number, got {threshold}")
     if min_component_voxels < 1:
         raise ValueError(f"min_component_voxels must be >= 1, got {min_component_voxels}")
+    scored = None
+    if scored_from_recon:
+        if "recon" not in arrays:
+            raise ValueError("scored_from_recon needs a reconstruction")
+        scored = np.abs(arrays["recon"]).reshape(-1, ref.shape[2]).max(0) > 0
+        if not scored.any():
+            raise VolumeError(f"{recon}: the reconstruction is zero on every slice (nothing was scored)")
     vid = id or Path(amap).name.split(".nii")[0].removesuffix("_map")
     return BrowseVolume(vid, arrays["scan"], arrays["map"], ref.affine, arrays.get("recon"), arrays.get("lesion"),
-                        arrays.get("brain"), threshold, min_component_voxels, label)
+                        arrays.get("brain"), threshold, min_component_voxels, label, scored)
 
 
 def display(slice2d: np.ndarray, plane: Plane, radiological: bool = True) -> np.ndarray:
@@ -163,7 +174,7 @@ class RunVolume:
         f = self.files
         return load_nifti_set(f["input"], f["map"], f.get("lesion"), f.get("recon"), f.get("brain"), id=self.id,
                               threshold=self.threshold, min_component_voxels=self.min_component_voxels,
-                              label=self.label)
+                              label=self.label, scored_from_recon="recon" in f)
 
 
 def _model_names(metrics: dict) -> dict[str, str]:
@@ -217,3 +228,30 @@ def select_volume(volumes: list[RunVolume], model: str, split: str, volume: str 
         raise ValueError(f"browse_volume {volume!r} is not among {model}/{split}'s volumes: "
                          f"{', '.join(v.id for v in same)}")
     return match[0]
+
+
+@dataclass
+class Selection:
+    """What ``05_browse`` opens: the entries of the browser, the one to start on, and where figures go."""
+
+    entries: list[RunVolume | BrowseVolume]
+    start: int
+    chosen: RunVolume | None
+    figures: Path
+
+
+def open_for_browsing(run_dir: str | Path, eval_name: str = "eval", model: str = "addm", split: str = "eval_a",
+                      volume: str = "", nifti: dict[str, str] | None = None,
+                      threshold: float | None = None) -> Selection:
+    """A run's maps, starting on ``model`` / ``split`` / ``volume`` (figures to ``<run>/<eval_name>/figures``), or,
+    when ``nifti`` names a ``scan`` and a ``map`` (optionally ``mask``, ``recon``, ``brain``), those files (figures to
+    ``<run>/browse``)."""
+    run_dir = Path(run_dir)
+    nifti = {k: v for k, v in (nifti or {}).items() if v}
+    if nifti:
+        vol = load_nifti_set(nifti["scan"], nifti["map"], nifti.get("mask"), nifti.get("recon"), nifti.get("brain"),
+                             threshold=threshold)
+        return Selection([vol], 0, None, run_dir / "browse")
+    entries = run_volumes(run_dir, eval_name)
+    chosen = select_volume(entries, model, split, volume)
+    return Selection(list(entries), entries.index(chosen), chosen, run_dir / eval_name / "figures")
