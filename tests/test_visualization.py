@@ -12,7 +12,7 @@ from addmlib.visualization import SliceBrowser, load_nifti_set, overlap, predict
 from addmlib.visualization.figures import OfflineNotebookRenderer, montage, pick_slices, slice_title
 from addmlib.visualization.overlay import (View, blend, colormap, compose, gray, outline, panels, png, upscale)
 from addmlib.visualization.prediction import largest_slice, starting_threshold
-from addmlib.visualization.volumes import extract, pixel_spacing, select_volume
+from addmlib.visualization.volumes import extract, open_for_browsing, pixel_spacing, select_volume
 
 SHAPE = (20, 24, 16)
 
@@ -265,6 +265,14 @@ def test_offline_renderer_loads_nothing_from_the_internet():
     bundle = OfflineNotebookRenderer().to_mimebundle(go.Figure(go.Scatter(y=[1, 2])).to_dict())
     html = bundle["text/html"]
     assert "Plotly.newPlot" in html and "https://" not in html and "<script src" not in html
+
+
+def test_open_for_browsing_own_files(tmp_path):
+    paths, _ = _las_set(tmp_path)
+    sel = open_for_browsing(tmp_path / "run", nifti={"scan": str(paths["scan"]), "map": str(paths["map"]),
+                                                     "mask": str(paths["lesion"]), "recon": ""}, threshold=0.5)
+    assert sel.chosen is None and sel.start == 0 and sel.figures == tmp_path / "run" / "browse"
+    assert sel.entries[0].threshold == 0.5 and sel.entries[0].lesion is not None and sel.entries[0].recon is None
 
 
 def test_run_catalogue_errors(tmp_path):
