@@ -39,14 +39,17 @@ def pick_slices(vol: BrowseVolume, plane: Plane, n: int) -> list[int]:
     return [int(present[i]) for i in picks]
 
 
-def _slices(vol: BrowseVolume, plane: Plane, n: int, slices: Sequence[int] | None) -> list[int]:
+def _prepare(vol: BrowseVolume, threshold: float, plane: Plane, n: int, slices: Sequence[int] | None,
+             view: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+    """The prediction and the checked slice list of a figure; one colour scale (``map_max``) for all its slices."""
+    view.setdefault("map_max", map_range(vol))
     chosen = list(slices) if slices is not None else pick_slices(vol, plane, n)
     if not chosen:
         raise ValueError("no slices to show: slices is empty")
     bad = [k for k in chosen if not 0 <= k < vol.n_slices(plane)]
     if bad:
         raise ValueError(f"{plane} slices {bad} are outside [0, {vol.n_slices(plane) - 1}]")
-    return chosen
+    return predict(vol, threshold), chosen
 
 
 def slice_title(vol: BrowseVolume, pred: np.ndarray, plane: Plane, index: int) -> str:
@@ -74,9 +77,7 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
 def montage(vol: BrowseVolume, threshold: float, plane: Plane = "axial", n: int = 4,
             slices: Sequence[int] | None = None, **view: Any) -> plt.Figure:
     """One row of panels per slice (input, reconstruction, map, ground truth, overlay, prediction)."""
-    pred = predict(vol, threshold)
-    chosen = _slices(vol, plane, n, slices)
-    view.setdefault("map_max", map_range(vol))
+    pred, chosen = _prepare(vol, threshold, plane, n, slices, view)
     rows = [panels(vol, View(plane, k, threshold, **view), pred) for k in chosen]
     cols = len(rows[0])
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.7 * cols, 1.8 * len(rows)), squeeze=False)
@@ -96,9 +97,7 @@ def montage(vol: BrowseVolume, threshold: float, plane: Plane = "axial", n: int 
 def slice_figure(vol: BrowseVolume, threshold: float, plane: Plane = "axial", n: int = 24,
                  slices: Sequence[int] | None = None, **view: Any) -> go.Figure:
     """A plotly figure whose slider steps through precomputed slices (one image trace per slice)."""
-    pred = predict(vol, threshold)
-    chosen = _slices(vol, plane, n, slices)
-    view.setdefault("map_max", map_range(vol))
+    pred, chosen = _prepare(vol, threshold, plane, n, slices, view)
     fig = go.Figure()
     titles = []
     for i, k in enumerate(chosen):
