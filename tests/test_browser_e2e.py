@@ -32,6 +32,16 @@ def _wait_for_change(read, before, timeout=60.0):
     raise AssertionError(f"nothing changed within {timeout} s (still {before!r})")
 
 
+def _settle(page, inflight, timeout=30.0):
+    """Wait until the page's fonts are loaded and no request is in flight (the "networkidle" load state fires only
+    once per navigation, so it cannot wait for what scrolling starts)."""
+    page.evaluate("document.fonts.ready.then(() => true)")
+    deadline = time.monotonic() + timeout
+    while inflight and time.monotonic() < deadline:
+        page.wait_for_timeout(100)  # lets Playwright deliver the request events
+    assert not inflight, f"requests still in flight after {timeout} s: {[r.url for r in inflight]}"
+
+
 def _set_slider(page, description, value):
     """Type ``value`` into the readout of the ipywidgets slider labelled ``description`` (as a user would)."""
     slider = page.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=re.compile(
@@ -118,6 +128,10 @@ def test_site_builds_offline_and_the_browsing_page_works(ci_run, tmp_path, artif
         page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
         page.on("request", lambda r: problems.append(f"outside the site: {r.url}")
                 if not r.url.startswith((base, "data:", "blob:")) else None)
+        inflight = set()
+        page.on("request", lambda r: inflight.add(r))
+        page.on("requestfinished", lambda r: inflight.discard(r))
+        page.on("requestfailed", lambda r: inflight.discard(r))
         # sphinx-thebe (always on in Jupyter Book 1) declares THEBE_JS_URL twice; harmless, not ours
         page.on("pageerror", lambda e: errors.append(str(e)) if "THEBE_JS_URL" not in str(e) else None)
 
@@ -127,7 +141,7 @@ def test_site_builds_offline_and_the_browsing_page_works(ci_run, tmp_path, artif
         for html in pages:  # every page loads without a failed or outside request
             page.goto(f"{base}/{html}", wait_until="networkidle")
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # lazily loaded parts (fonts, images)
-            page.wait_for_load_state("networkidle")
+            _settle(page, inflight)
             assert not problems, (html, problems)
 
         page.goto(f"{base}/intro.html", wait_until="networkidle")
