@@ -41,7 +41,7 @@ VENDOR = {  # npm package path -> path under _static/vendor (folders copied whol
     "mathjax/es5/ui": "mathjax/ui",
     "mathjax/es5/a11y": "mathjax/a11y",
 }
-SKIP_VENDOR = ("embed.js", "embed.js.map", "libembed-amd.js", "embed.js.LICENSE.txt")
+SKIP_VENDOR = ("embed.js", "libembed-amd.js", "embed.js.LICENSE.txt")
 
 
 class SiteError(RuntimeError):
@@ -91,8 +91,9 @@ def npm_modules(docs: Path = DOCS) -> Path:
     return target / "node_modules"
 
 
-def vendor_js(static: Path, modules: Path) -> None:
-    """Copy the pages' JavaScript (``VENDOR``) from ``modules`` into ``static/vendor``."""
+def vendor_js(static: Path, modules: Path, docs: Path = DOCS) -> None:
+    """Copy the pages' JavaScript (``VENDOR`` from ``modules``, and ``docs/widgets-config.js``) into
+    ``static/vendor``."""
     for src, dst in VENDOR.items():
         s, d = modules / src, static / "vendor" / dst
         if not s.exists():
@@ -102,7 +103,7 @@ def vendor_js(static: Path, modules: Path) -> None:
             shutil.copytree(s, d, ignore=shutil.ignore_patterns("*.map", *SKIP_VENDOR), dirs_exist_ok=True)
         else:
             shutil.copy2(s, d)
-    shutil.copy2(DOCS / "widgets-config.js", static / "vendor" / "widgets-config.js")
+    shutil.copy2(docs / "widgets-config.js", static / "vendor" / "widgets-config.js")
 
 
 def executed_notebooks(run_dir: Path) -> list[Path]:
@@ -192,10 +193,14 @@ def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path]
     run_notebooks = executed_notebooks(run_dir)
     extra = [Path(p).resolve() for p in extra]
     notebooks = run_notebooks + extra
+    names: list[str] = []
     for p in notebooks:
         if not p.is_file():
             raise SiteError(f"{p}: notebook not found")
+        if p.stem in names:
+            raise SiteError(f"two notebooks named {p.stem}: {p}")
         check_executed(p)
+        names.append(p.stem)
     jb = Path(sys.executable).parent / "jupyter-book"
     jb_path = str(jb) if jb.is_file() else shutil.which("jupyter-book")
     if jb_path is None:
@@ -211,15 +216,11 @@ def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path]
         for name in NARRATIVE:
             shutil.copy2(docs / f"{name}.md", book / f"{name}.md")
         shutil.copy2(docs / "_config.yml", book / "_config.yml")
-        names = []
         for p in notebooks:
-            if p.stem in names:
-                raise SiteError(f"two notebooks named {p.stem}: {p}")
             shutil.copy2(p, book / "notebooks" / p.name)
-            names.append(p.stem)
         (book / "_toc.yml").write_text(yaml.safe_dump(_toc(names[:len(run_notebooks)], names[len(run_notebooks):]),
                                                       sort_keys=False))
-        vendor_js(book / "_vendor", modules)  # served as _static/vendor (html_static_path; not _static itself,
+        vendor_js(book / "_vendor", modules, docs)  # served as _static/vendor (html_static_path; not _static itself,
         # whose every .js file Jupyter Book would add to every page)
         # -W: a warning (a broken include or link, an unreadable notebook) fails the build
         proc = subprocess.run([jb_path, "build", str(book), "--builder", "html", "-W", "--keep-going"],

@@ -15,7 +15,7 @@ import numpy as np
 
 from .figures import slice_title
 from .overlay import COLORMAPS, View, compose, map_range, panels, png
-from .prediction import largest_slice, overlap, predict, starting_threshold
+from .prediction import Overlap, largest_slice, overlap, predict, starting_threshold
 from .volumes import PLANES, BrowseVolume, Plane, RunVolume
 
 
@@ -46,6 +46,7 @@ class SliceBrowser:
         self.radiological, self.height = radiological, height
         self._pred_key: tuple[int, float] | None = None
         self._pred: np.ndarray | None = None
+        self._total: Overlap | None = None
         self._quiet = False
 
         labels = [(e.label or e.id, i) for i, e in enumerate(self._entries)]
@@ -106,10 +107,12 @@ class SliceBrowser:
         return int(self.slice_w[self.plane].value)
 
     def prediction(self) -> np.ndarray:
-        """The volume's prediction at the current threshold (cached per volume and threshold)."""
+        """The volume's prediction at the current threshold, and its volume overlap, cached per volume and threshold
+        (a slice, opacity or colour change redraws without recomputing them)."""
         key = (int(self.volume_w.value), float(self.threshold_w.value))
         if key != self._pred_key:
-            self._pred, self._pred_key = predict(self.volume, key[1]), key
+            self._pred = predict(self.volume, key[1])
+            self._total, self._pred_key = overlap(self.volume, self._pred), key
         assert self._pred is not None
         return self._pred
 
@@ -176,7 +179,7 @@ class SliceBrowser:
             return
         vol, pred = self.volume, self.prediction()
         self.image_w.value = png(compose(panels(vol, self.view(), pred)))
-        total = overlap(vol, pred)
+        total = self._total
         thr = float(self.threshold_w.value)
         lines = [f"<b>{slice_title(vol, pred, self.plane, self.index)}</b>"]
         if total is not None:

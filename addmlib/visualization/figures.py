@@ -32,9 +32,7 @@ def pick_slices(vol: BrowseVolume, plane: Plane, n: int) -> list[int]:
         raise ValueError(f"the number of slices must be >= 1, got {n}")
     mask = vol.lesion & vol.region if vol.lesion is not None and (vol.lesion & vol.region).any() else vol.region
     other = tuple(a for a in range(3) if a != AXIS[plane])
-    present = np.flatnonzero(mask.any(axis=other))
-    if present.size == 0:
-        present = np.arange(vol.n_slices(plane))
+    present = np.flatnonzero(mask.any(axis=other))  # never empty: the region is not (BrowseVolume checks)
     picks = np.unique(np.linspace(0, present.size - 1, min(n, present.size)).round().astype(int))
     return [int(present[i]) for i in picks]
 

@@ -92,8 +92,7 @@ class View:
 
 def map_range(vol: BrowseVolume) -> float:
     """Upper end of the colour scale: the 99.5th percentile of the map over the region (positive), else its max."""
-    values = vol.amap[vol.region]
-    top = float(np.percentile(values, 99.5)) if values.size else 0.0
+    top = float(np.percentile(vol.amap[vol.region], 99.5))  # the region is never empty (BrowseVolume checks)
     return top if top > 0 else max(float(vol.amap.max()), 1e-6)
 
 
@@ -109,7 +108,7 @@ def panels(vol: BrowseVolume, view: View, pred: np.ndarray | None = None) -> lis
     lo, hi = vol.intensity_range
     scan = gray(take(vol.image), lo, hi)
     amap = take(vol.amap)
-    top = view.map_max if view.map_max is not None else map_range(vol)
+    heat = colormap(amap, 0.0, view.map_max if view.map_max is not None else map_range(vol), view.cmap)
     lesion = take(vol.lesion) if vol.lesion is not None else None
     ring = outline(lesion) if (lesion is not None and view.contour) else None
 
@@ -122,11 +121,10 @@ def panels(vol: BrowseVolume, view: View, pred: np.ndarray | None = None) -> lis
     if vol.recon is not None:
         scored = take(np.broadcast_to(np.asarray(vol.scored), vol.recon.shape))
         out.append(("reconstruction" + note, np.where(scored[..., None], gray(take(vol.recon), lo, hi), scan // 4)))
-    out.append(("anomaly map" + note, colormap(amap, 0.0, top, view.cmap)))
+    out.append(("anomaly map" + note, heat))
     if lesion is not None:
         out.append(("ground truth", paint(scan, lesion, CONTOUR, 0.6)))
-    out.append((f"overlay ({view.opacity:.0%})", with_ring(blend(scan, colormap(amap, 0.0, top, view.cmap),
-                                                                  view.opacity * (amap > 0)))))
+    out.append((f"overlay ({view.opacity:.0%})", with_ring(blend(scan, heat, view.opacity * (amap > 0)))))
     p = take(pred)
     if lesion is not None:
         lesion = lesion & take(vol.region)  # what Dice counts

@@ -64,7 +64,7 @@ class BrowseVolume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along the canonical axes."""
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(0)))  # type: ignore[return-value]
+        return tuple(float(s) for s in nib.affines.voxel_sizes(self.affine))  # type: ignore[return-value]
 
     @cached_property
     def intensity_range(self) -> tuple[float, float]:
@@ -89,10 +89,6 @@ class BrowseVolume:
         return float((self.affine @ np.append(centre, 1.0))[AXIS[plane]])
 
 
-def _canonical(img: nib.Nifti1Image) -> nib.Nifti1Image:
-    return nib.as_closest_canonical(img)
-
-
 def load_nifti_set(scan: str | Path, amap: str | Path, lesion: str | Path | None = None,
                    recon: str | Path | None = None, brain: str | Path | None = None, *, id: str | None = None,
                    threshold: float | None = None, min_component_voxels: int = 1, label: str = "",
@@ -101,12 +97,18 @@ def load_nifti_set(scan: str | Path, amap: str | Path, lesion: str | Path | None
     share one grid, and return them in canonical orientation. Masks are voxels > 0.5. ``scored_from_recon``: axial
     slices whose reconstruction is all zero were not scored (how ``03_evaluate`` writes its maps); otherwise all
     slices count."""
-    ref = _canonical(read_volume(scan))
+    if threshold is not None and not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
+    if min_component_voxels < 1:
+        raise ValueError(f"min_component_voxels must be >= 1, got {min_component_voxels}")
+    if scored_from_recon and recon is None:
+        raise ValueError("scored_from_recon needs a reconstruction")
+    ref = nib.as_closest_canonical(read_volume(scan))
     arrays: dict[str, np.ndarray] = {"scan": np.asarray(ref.dataobj, dtype=np.float32)}
     for name, path in (("map", amap), ("lesion", lesion), ("recon", recon), ("brain", brain)):
         if path is None:
             continue
-        img = _canonical(read_volume(path, allow_empty=name in ("map", "lesion")))
+        img = nib.as_closest_canonical(read_volume(path, allow_empty=name in ("map", "lesion")))
         if img.shape[:3] != ref.shape[:3]:
             raise VolumeError(f"{path}: the {name} has shape {img.shape[:3]} but the scan {scan} has {ref.shape[:3]};"
                               f" resample it onto the scan's grid first")
@@ -115,14 +117,8 @@ def load_nifti_set(scan: str | Path, amap: str | Path, lesion: str | Path | None
                               f"\n{np.round(img.affine, 3)}\nvs\n{np.round(ref.affine, 3)}); resample it first")
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(ref.shape[:3])
         arrays[name] = data > 0.5 if name in ("lesion", "brain") else data
-    if threshold is not None and not np.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite number, got {threshold}")
-    if min_component_voxels < 1:
-        raise ValueError(f"min_component_voxels must be >= 1, got {min_component_voxels}")
     scored = None
     if scored_from_recon:
-        if "recon" not in arrays:
-            raise ValueError("scored_from_recon needs a reconstruction")
         scored = np.abs(arrays["recon"]).reshape(-1, ref.shape[2]).max(0) > 0
         if not scored.any():
             raise VolumeError(f"{recon}: the reconstruction is zero on every slice (nothing was scored)")
