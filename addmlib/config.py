@@ -164,10 +164,11 @@ class ModelConfig(RunConfig):
     num_steps: int = 1000
     schedule: Literal["linear", "cosine"] = "linear"
     t_star: int = 250
-    noise: Literal["gaussian", "simplex"] = "gaussian"
+    noise: Literal["gaussian", "simplex", "coarse"] = "gaussian"
     simplex_octaves: int = 6
     simplex_persistence: float = 0.8
     simplex_frequency: float = 64.0
+    coarse_spacing: int = 8
     lambda_adv: float = 0.05
     discriminator: Literal["paper", "conditional"] = "paper"
     unet_base_channels: int = 32
@@ -208,6 +209,7 @@ class PrepareConfig(RunConfig):
     image_size: int = 64
     healthy_sources: tuple[str, ...] = _PACKAGED_HEALTHY_TRAIN
     holdout_hosts: tuple[str, ...] = ("colin27", "sri24")
+    tune_hosts: tuple[str, ...] = ("itk_t1",)
     tumour_sources: tuple[str, ...] = ("qtim_tumor2", "qtim_shape", "pyradiomics_brain1", "pyradiomics_brain2")
     paste_donors: tuple[str, ...] = ("qtim_tumor2", "pyradiomics_brain1", "pyradiomics_brain2")
     lesions_per_host: int = 6
@@ -260,7 +262,7 @@ class TrainConfig(ModelConfig):
     adv_t_max: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     augment: bool = True
     checkpoint_every: int = 200
     log_every: int = 10
@@ -287,12 +289,16 @@ class EvalConfig(RunConfig):
 
     device: str = "auto"
     models: tuple[str, ...] = ("addm", "ddpm")
-    autoencoder: bool = True
+    baselines: tuple[str, ...] = ("floor_intensity", "floor_median", "ae", "dae")
     ae_steps: int = 1500
+    dae_steps: int = 1500
+    dae_noise_std: float = 0.2
+    dae_noise_res: int = 16
     t_star: int = 250
+    t_star_ensemble: tuple[int, ...] = ()
     sample_steps: int = 50
     sampler: Literal["ddpm", "ddim"] = "ddpm"
-    eval_noise: Literal["model", "gaussian", "simplex"] = "model"
+    eval_noise: Literal["model", "gaussian", "simplex", "coarse"] = "model"
     draws: int = 1
     eval_batch_size: int = 16
     slice_stride: int = 1
@@ -305,19 +311,30 @@ class EvalConfig(RunConfig):
     write_nifti: bool = True
     eval_name: str = "eval"
     channels_last: Literal["auto", "on", "off"] = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
 
     def check(self) -> None:
         super().check()
-        for name in ("ae_steps", "t_star", "sample_steps", "draws", "eval_batch_size", "slice_stride"):
+        for name in ("ae_steps", "dae_steps", "dae_noise_res", "t_star", "sample_steps", "draws", "eval_batch_size",
+                     "slice_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.fpr < 1:
             raise ValueError(f"fpr must be in (0, 1), got {self.fpr}")
-        bad = [s for s in self.eval_sets if s not in ("eval_a", "eval_b")]
+        bad = [s for s in self.eval_sets if s not in ("eval_a", "eval_b", "tune")]
         if bad or not self.eval_sets:
-            raise ValueError(f"eval_sets must be a non-empty list of 'eval_a', 'eval_b'; got {list(self.eval_sets)}")
-        if not self.models and not self.autoencoder:
-            raise ValueError("nothing to evaluate: models is empty and autoencoder is false")
+            raise ValueError(f"eval_sets must be a non-empty list of 'eval_a', 'eval_b', 'tune'; "
+                             f"got {list(self.eval_sets)}")
+        if not self.models and not self.baselines:
+            raise ValueError("nothing to evaluate: models and baselines are both empty")
+        known = ("floor_intensity", "floor_median", "ae", "dae")
+        bad = [b for b in self.baselines if b not in known]
+        if bad:
+            raise ValueError(f"baselines {bad} unknown; choose from {list(known)}")
+        if any(t < 1 for t in self.t_star_ensemble):
+            raise ValueError(f"t_star_ensemble depths must be >= 1, got {list(self.t_star_ensemble)}")
+        if self.dae_noise_std <= 0:
+            raise ValueError(f"dae_noise_std must be > 0, got {self.dae_noise_std}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.eval_name):
             raise ValueError(f"eval_name {self.eval_name!r} may only hold letters, digits, '_', '.', '-'")
 
@@ -366,7 +383,7 @@ class AblationConfig(RunConfig):
         if self.workers < 1 or self.threads_per_cell < 1 or self.cell_timeout < 1:
             raise ValueError("workers, threads_per_cell and cell_timeout must be >= 1")
         grid_keys = {"lambda_adv", "num_steps", "seed", "t_star", "model_name", "models", "run_dir", "eval_name",
-                     "sample_steps", "autoencoder", "write_nifti", "threads", "fresh"}
+                     "sample_steps", "baselines", "write_nifti", "threads", "fresh"}
         clash = sorted(grid_keys & set(self.cell_params))
         if clash:
             raise ValueError(f"cell_params may not set {clash}: the sweep sets them per cell")
@@ -421,6 +438,34 @@ class BenchConfig(RunConfig):
         for size in (self.image_size, *self.volume_sizes):
             if size % 2 ** (len(self.unet_channel_mult) - 1):
                 raise ValueError(f"size {size} must be divisible by 2^(len(unet_channel_mult) - 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LeverConfig(RunConfig):
+    """The lever campaign (``addmlib.levers``, notebooks/07_levers.ipynb): training variants x seeds x scorings,
+    measured on the tuning split only. ``variants``: name -> training parameters over the base set; ``scorings``:
+    name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler)."""
+
+    run_dir: str = "../outputs/levers"
+    base_params: tuple[str, ...] = ("params/demo.yaml",)
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"gaussian": {}})
+    scorings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"default": {}})
+    seeds: tuple[int, ...] = (0, 1)
+    baselines: tuple[str, ...] = ("floor_intensity", "floor_median", "dae")
+    dae_steps: int = 1500
+    slice_stride: int = 3
+
+    def check(self) -> None:
+        super().check()
+        if not self.variants or not self.scorings or not self.seeds or not self.base_params:
+            raise ValueError("base_params, variants, scorings and seeds must not be empty")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds has repeated values: {list(self.seeds)}")
+        for name in list(self.variants) + list(self.scorings):
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"variant/scoring name {name!r} may only hold letters, digits, '_', '.', '-'")
+        if self.dae_steps < 1 or self.slice_stride < 1:
+            raise ValueError("dae_steps and slice_stride must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

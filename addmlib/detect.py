@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -56,14 +56,23 @@ def fast_denoiser(model: torch.nn.Module, channels_last: bool = False,
 
 @torch.no_grad()
 def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], diffusion: GaussianDiffusion,
-                 volume: np.ndarray, slices: np.ndarray, t_star: int, steps: int | None = None,
+                 volume: np.ndarray, slices: np.ndarray, t_star: int | Sequence[int], steps: int | None = None,
                  sampler: SamplerName = "ddpm", noise_fn: NoiseFn = gaussian_noise, draws: int = 1,
                  batch_size: int = 16, generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> VolumeScore:
-    """Reconstruct ``volume[:, :, k]`` for k in ``slices`` and return the maps, averaged over ``draws`` noise draws."""
+    """Reconstruct ``volume[:, :, k]`` for k in ``slices`` and return the maps, averaged over ``draws`` noise draws
+    and, when ``t_star`` is a sequence, over those depths (the t* ensemble of pDDPM/cDDPM: mean of the maps).
+
+    Each depth t uses min(``steps``, t) strided steps (all t when None). ``steps = 1`` is the one-step estimate:
+    the step t* -> 0 of the posterior q(x_0 | x_t*, x0_hat) returns x0_hat = (x_t* - sqrt(1 - abar) eps) / sqrt(abar).
+    """
     if volume.ndim != 3:
         raise ValueError(f"expected an N x N x Z volume, got shape {volume.shape}")
     slices = np.asarray(slices, dtype=int)
+    depths = [int(t_star)] if isinstance(t_star, (int, np.integer)) else [int(t) for t in t_star]
+    if not depths:
+        raise ValueError("t_star: at least one depth is needed")
+    n = draws * len(depths)
     rec = np.zeros(volume.shape, dtype=np.float32)
     err_abs = np.zeros(volume.shape, dtype=np.float32)
     err_sq = np.zeros(volume.shape, dtype=np.float32)
@@ -73,13 +82,15 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
         acc_rec = torch.zeros_like(x0)
         acc_abs = torch.zeros_like(x0)
         acc_sq = torch.zeros_like(x0)
-        for _ in range(draws):
-            x_hat = diffusion.reconstruct(model, x0, t_star, steps, sampler, noise_fn, generator)
-            acc_rec += x_hat
-            acc_abs += (x0 - x_hat).abs()
-            acc_sq += (x0 - x_hat) ** 2
+        for depth in depths:
+            for _ in range(draws):
+                x_hat = diffusion.reconstruct(model, x0, depth, min(steps or depth, depth), sampler, noise_fn,
+                                              generator)
+                acc_rec += x_hat
+                acc_abs += (x0 - x_hat).abs()
+                acc_sq += (x0 - x_hat) ** 2
         for arr, acc in ((rec, acc_rec), (err_abs, acc_abs), (err_sq, acc_sq)):
-            arr[:, :, ks] = (acc / draws)[:, 0].cpu().numpy().transpose(1, 2, 0)
+            arr[:, :, ks] = (acc / n)[:, 0].cpu().numpy().transpose(1, 2, 0)
     return VolumeScore(rec, err_abs, err_sq, slices)
 
 

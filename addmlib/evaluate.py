@@ -19,18 +19,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import nibabel as nib
 import numpy as np
 import torch
 
+from .baselines import ae_error_maps, dae_error_maps, intensity_floor, median_floor, train_autoencoder, train_dae
 from .data.prepare import PreparedDataset, PreparedVolume
 from .detect import fast_denoiser, score_volume, to_native_nifti
 from .diffusion import GaussianDiffusion, SamplerName
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
-from .noise import make_noise
+from .noise import noise_from_config
 from .post_processing import median_filter, remove_small_components, restrict_to_brain
+from .runtime import amp_dtype, resolve_amp
 from .training import build_diffusion, load_ema_unet
 
 SCORE_RANGE = (0.0, 2.0)  # |x - x_hat| for images in [-1, 1]
@@ -71,27 +73,35 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cpu")
 
 
-def diffusion_scorer(checkpoint: str | Path, t_star: int, steps: int, sampler: SamplerName, noise: str,
-                     draws: int, batch_size: int, seed: int, device: torch.device,
-                     channels_last: bool = False) -> tuple[Scorer, dict[str, Any]]:
-    """A scorer (volume, slices) -> (reconstruction, |x - x_hat|, (x - x_hat)^2) for a trained diffusion model."""
+def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps: int, sampler: SamplerName,
+                     noise: str, draws: int, batch_size: int, seed: int, device: torch.device,
+                     channels_last: bool = False, amp: str = "off") -> tuple[Scorer, dict[str, Any]]:
+    """A scorer (volume, slices) -> (reconstruction, |x - x_hat|, (x - x_hat)^2) for a trained diffusion model.
+
+    ``t_star``: one depth, or several whose maps are averaged (an ensemble); ``amp``: "auto", "off", "bf16", "fp16"
+    for the network's forward pass (``runtime.resolve_amp``; the diffusion maths stays fp32)."""
     unet, cfg = load_ema_unet(checkpoint, device)
-    eps = fast_denoiser(unet, channels_last)
+    amp_choice = resolve_amp(amp, device)
+    eps = fast_denoiser(unet, channels_last, amp_dtype(amp_choice))
     diffusion: GaussianDiffusion = build_diffusion(cfg)
-    if not 1 <= t_star <= cfg.num_steps:
-        raise ValueError(f"t_star {t_star} is outside [1, T={cfg.num_steps}] of {checkpoint}")
+    depths = [t_star] if isinstance(t_star, int) else list(t_star)
+    bad = [t for t in depths if not 1 <= t <= cfg.num_steps]
+    if bad or not depths:
+        raise ValueError(f"t_star {bad or depths} is outside [1, T={cfg.num_steps}] of {checkpoint}")
     noise_name = cfg.noise if noise == "model" else noise
-    noise_fn = make_noise(noise_name, cfg.simplex_octaves, cfg.simplex_persistence, cfg.simplex_frequency)
+    noise_fn = noise_from_config(cfg, noise_name)
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        s = score_volume(eps, diffusion, vol.image, slices, t_star, min(steps, t_star), sampler, noise_fn, draws,
-                         batch_size, gen, device)
+        s = score_volume(eps, diffusion, vol.image, slices, depths, steps, sampler, noise_fn, draws, batch_size,
+                         gen, device)
         return s.reconstruction, s.abs_error, s.squared_error
 
-    info = {"kind": "diffusion", "checkpoint": str(checkpoint), "T": cfg.num_steps, "t_star": t_star,
-            "steps": min(steps, t_star), "sampler": sampler, "noise": noise_name, "draws": draws,
-            "lambda_adv": cfg.lambda_adv, "train_seed": cfg.seed, "eval_seed": seed, "channels_last": channels_last}
+    info = {"kind": "diffusion", "checkpoint": str(checkpoint), "T": cfg.num_steps,
+            "t_star": depths[0] if len(depths) == 1 else depths, "steps": min(steps, max(depths)),
+            "sampler": sampler, "noise": noise_name, "draws": draws,
+            "lambda_adv": cfg.lambda_adv, "train_seed": cfg.seed, "eval_seed": seed, "channels_last": channels_last,
+            "amp": amp_choice}
     return score, info
 
 
@@ -238,3 +248,46 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
             for v in vols:
                 write_maps(v, maps_dir / split, native=split == "eval_a")
     return results, scored
+
+
+BASELINE_LABELS = {"floor_intensity": "intensity floor (x itself)", "floor_median": "floor |x − brain median|",
+                   "ae": "AE (spatial), ours", "dae": "DAE (coarse noise), ours"}
+"""Maps folder name -> row label of every non-diffusion baseline."""
+
+
+def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable[str], seed: int = 0,
+                     ae_steps: int = 1500, dae_steps: int = 1500, dae_noise_std: float = 0.2,
+                     dae_noise_res: int = 16, amp: str = "off",
+                     progress: Callable[..., Any] | None = None) -> list[tuple[str, Scorer, dict[str, Any]]]:
+    """(name, scorer, info) for each baseline in ``names`` (keys of ``BASELINE_LABELS``), trained on the training
+    slices where they learn (cached in ``run_dir/models/<name>`` by data fingerprint and settings)."""
+    out = []
+    fingerprint = data.manifest.get("fingerprint", "")
+    for name in names:
+        if name == "floor_intensity":
+            out.append((name, lambda vol, slices: intensity_floor(vol.image, slices),
+                        {"kind": "floor", "map": "x + 1 (the input's intensity)"}))
+        elif name == "floor_median":
+            out.append((name, lambda vol, slices: median_floor(vol.image, slices, vol.brain),
+                        {"kind": "floor", "map": "|x - median of the brain on the scored slices|"}))
+        elif name == "ae":
+            ae, info = train_autoencoder(data.slices("train")["image"], Path(run_dir) / "models" / "ae", fingerprint,
+                                         steps=ae_steps, seed=seed)
+
+            def ae_scorer(vol: PreparedVolume, slices: np.ndarray, ae: Any = ae) -> tuple[np.ndarray, ...]:
+                rec, err = ae_error_maps(ae, vol.image, slices)
+                return rec, err, err ** 2
+            out.append((name, ae_scorer, {"kind": "autoencoder", **info}))
+        elif name == "dae":
+            dtype = amp_dtype(resolve_amp(amp, torch.device("cpu")))
+            dae, info = train_dae(data.slices("train")["image"], Path(run_dir) / "models" / "dae", fingerprint,
+                                  steps=dae_steps, seed=seed, noise_std=dae_noise_std, noise_res=dae_noise_res,
+                                  amp=dtype, progress=progress)
+
+            def dae_scorer(vol: PreparedVolume, slices: np.ndarray, dae: Any = dae) -> tuple[np.ndarray, ...]:
+                rec, err = dae_error_maps(dae, vol.image, slices, amp=dtype)
+                return rec, err, err ** 2
+            out.append((name, dae_scorer, {"kind": "denoising autoencoder", **info}))
+        else:
+            raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINE_LABELS)}")
+    return out

@@ -1,4 +1,9 @@
-"""Noise fields for the forward process: Gaussian and fractal simplex noise (AnoDDPM, Wyatt et al. 2022).
+"""Noise fields for the forward process: Gaussian, coarse Gaussian (Kascenas et al. 2022) and fractal simplex noise
+(AnoDDPM, Wyatt et al. 2022).
+
+Coarse noise is N(0, 1) drawn on a lattice ``spacing`` pixels apart, bilinearly upsampled and randomly shifted by a
+sub-lattice offset, then standardised per image. It has no power above the lattice's frequency, so a model that must
+remove it sees the input's fine anatomy intact and only has to heal structures of lesion size.
 
 Simplex noise here is Gustavson's 2-D simplex noise written in torch and vectorised over the batch: every sample gets
 its own permutation table, so one call draws B independent fields (AnoDDPM's numba code draws one field per call and
@@ -12,13 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from .diffusion import NoiseFn, gaussian_noise
 
-NoiseName = Literal["gaussian", "simplex"]
+NoiseName = Literal["gaussian", "simplex", "coarse"]
 
 _F2 = 0.5 * (math.sqrt(3.0) - 1.0)
 _G2 = (3.0 - math.sqrt(3.0)) / 6.0
@@ -104,10 +109,47 @@ class SimplexNoise:
         return field.reshape(b, c, h, w).to(like.dtype)
 
 
-def make_noise(name: NoiseName, octaves: int = 6, persistence: float = 0.8, frequency: float = 64.0) -> NoiseFn:
+@dataclass(frozen=True)
+class CoarseNoise:
+    """Coarse Gaussian noise: N(0, 1) on a lattice ``spacing`` px apart, bilinear upsampling, a random shift of the
+    lattice per field, standardised to zero mean and unit variance per field."""
+
+    spacing: int = 8
+
+    def __post_init__(self) -> None:
+        if self.spacing < 1:
+            raise ValueError(f"coarse noise spacing must be >= 1 pixel, got {self.spacing}")
+
+    def __call__(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A field shaped like ``like`` (B, C, H, W): independent per sample and channel, zero mean, unit variance."""
+        if like.dim() != 4:
+            raise ValueError(f"coarse noise needs a (B, C, H, W) tensor, got shape {tuple(like.shape)}")
+        b, c, h, w = like.shape
+        s = self.spacing
+        gdev = like.device if generator is None else generator.device
+        lattice = torch.randn((b * c, 1, h // s + 2, w // s + 2), generator=generator, device=gdev)
+        up = torch.nn.functional.interpolate(lattice.to(like.device, torch.float32), scale_factor=s,
+                                             mode="bilinear", align_corners=True)
+        shift = torch.randint(0, s, (b * c, 2), generator=generator, device=gdev).tolist()
+        field = torch.stack([up[i, 0, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shift)])
+        field = field - field.mean(dim=(1, 2), keepdim=True)
+        field = field / field.std(dim=(1, 2), keepdim=True).clamp(min=1e-8)
+        return field.reshape(b, c, h, w).to(like.dtype)
+
+
+def make_noise(name: NoiseName, octaves: int = 6, persistence: float = 0.8, frequency: float = 64.0,
+               coarse_spacing: int = 8) -> NoiseFn:
     """The noise sampler by name: ``noise_fn(like, generator) -> tensor shaped like ``like``."""
     if name == "gaussian":
         return gaussian_noise
     if name == "simplex":
         return SimplexNoise(octaves, persistence, frequency)
-    raise ValueError(f"unknown noise {name!r}; expected 'gaussian' or 'simplex'")
+    if name == "coarse":
+        return CoarseNoise(coarse_spacing)
+    raise ValueError(f"unknown noise {name!r}; expected 'gaussian', 'simplex' or 'coarse'")
+
+
+def noise_from_config(cfg: Any, name: str | None = None) -> NoiseFn:
+    """The noise of a model config (``cfg.noise`` unless ``name`` is given) with its simplex / coarse settings."""
+    return make_noise(name or cfg.noise, cfg.simplex_octaves, cfg.simplex_persistence, cfg.simplex_frequency,
+                      getattr(cfg, "coarse_spacing", 8))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .fileio import write_json_atomic
+from .runtime import describe_cpu
 
 PACKAGES = ("addm-workbench", "torch", "numpy", "scipy", "nibabel", "scikit-image", "scikit-learn", "papermill",
             "matplotlib", "pyyaml")
@@ -40,8 +41,9 @@ def git_state(repo: str | Path | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def run_record(params: Mapping[str, Any], seed: int | None, started: dt.datetime | None = None) -> dict[str, Any]:
-    """A JSON-ready description of a run."""
+def run_record(params: Mapping[str, Any], seed: int | None, started: dt.datetime | None = None,
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-ready description of a run; ``extra`` adds what the run resolved itself (e.g. the amp it chose)."""
     now = dt.datetime.now(dt.timezone.utc)
     record: dict[str, Any] = {
         "params": dict(params),
@@ -49,6 +51,7 @@ def run_record(params: Mapping[str, Any], seed: int | None, started: dt.datetime
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": describe_cpu(),
         "packages": package_versions(),
         "git": git_state(),
         "written_at": now.isoformat(),
@@ -56,12 +59,13 @@ def run_record(params: Mapping[str, Any], seed: int | None, started: dt.datetime
     if started is not None:
         record["started_at"] = started.isoformat()
         record["wall_time_s"] = round((now - started).total_seconds(), 3)
+    record.update(extra or {})
     return record
 
 
 def write_run_record(path: str | Path, params: Mapping[str, Any], seed: int | None,
-                     started: dt.datetime | None = None) -> Path:
+                     started: dt.datetime | None = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``run_record`` to ``path`` (atomically) and return the path."""
     path = Path(path)
-    write_json_atomic(path, run_record(params, seed, started))
+    write_json_atomic(path, run_record(params, seed, started, extra))
     return path

@@ -169,7 +169,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
             if any(e["eval_name"] == name for e in evals):
                 continue  # e.g. 50 and 0 (all) coincide when t* = 50
             eval_params = {**cell.params, "models": ["model"], "sample_steps": steps, "eval_name": name,
-                           "autoencoder": False, "write_nifti": False}
+                           "baselines": [], "write_nifti": False}
             run_params(eval_params, folder, ["03_evaluate"], cell.cell_timeout, f"sweep cell {cell.name}")
             evals.append({"eval_name": name, "steps": steps, "metrics": f"{name}/metrics.json"})  # relative to the cell
         record.update(status="ok")

@@ -52,16 +52,16 @@ from .diffusion import GaussianDiffusion
 from .fileio import atomic_path, write_json_atomic
 from .losses import addm_generator_terms, discriminator_step_loss
 from .nets import Discriminator, DiscriminatorConfig, UNet, UNetConfig
-from .noise import make_noise
+from .noise import noise_from_config
 from .provenance import write_run_record
-from .runtime import resolve_device, set_threads
+from .runtime import amp_dtype, describe_cpu, resolve_amp, resolve_device, set_threads
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint-prev.pt"
 LOG = "train_log.jsonl"
 # Parameters that change what is learned: a resumed run must agree with its checkpoint on all of these.
 ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise", "simplex_octaves",
-                     "simplex_persistence", "simplex_frequency", "lambda_adv", "discriminator", "unet_base_channels",
+                     "simplex_persistence", "simplex_frequency", "coarse_spacing", "lambda_adv", "discriminator", "unet_base_channels",
                      "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions", "unet_dropout",
                      "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
                      "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "grad_clip", "ema_decay",
@@ -138,12 +138,11 @@ class Trainer:
         self.device = device or resolve_device(cfg.device)
         if self.world > 1 and self.device.type == "cuda":  # one GPU per rank, whatever device names
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if cfg.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("amp='fp16' needs CUDA; use 'bf16' on the CPU")
+        self.amp = resolve_amp(cfg.amp, self.device)  # "auto": bf16 on CPUs with native bf16 and on CUDA
         torch.manual_seed(cfg.seed)
         self.images = images.to(self.device)
         self.diffusion = build_diffusion(cfg)
-        self.noise_fn = make_noise(cfg.noise, cfg.simplex_octaves, cfg.simplex_persistence, cfg.simplex_frequency)
+        self.noise_fn = noise_from_config(cfg)
         self.unet = build_unet(cfg).to(self.device)
         self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.disc = build_discriminator(cfg).to(self.device) if cfg.lambda_adv > 0 else None
@@ -155,8 +154,8 @@ class Trainer:
         decay_steps = cfg.lr_decay_every_epochs * self.steps_per_epoch
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: cfg.lr_decay ** (s // decay_steps))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-        self.scaler_d = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.perm_gen = torch.Generator().manual_seed(cfg.seed)  # data order: the same on every rank
         self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.rank)  # t, noise, augmentation: per rank
         self.augment = Augment() if cfg.augment else None
@@ -268,10 +267,8 @@ class Trainer:
         return x
 
     def _autocast(self):
-        if self.cfg.amp == "off":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        dtype = amp_dtype(self.amp)
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def train_step(self) -> dict[str, float]:
         """One U-Net update (and D updates when lambda > 0); returns the logged quantities."""
@@ -383,13 +380,15 @@ def train(cfg: TrainConfig, images: np.ndarray | torch.Tensor, progress: Callabl
     result = trainer.fit(progress, stop_after)
     result.update(resumed_from=resumed_from, wall_time_s=round(time.perf_counter() - t0, 2),
                   steps_per_epoch=trainer.steps_per_epoch, train_slices=len(x), world_size=trainer.world,
-                  device=str(trainer.device), finished=trainer.step >= trainer.total_steps)
+                  device=str(trainer.device), amp=trainer.amp, finished=trainer.step >= trainer.total_steps)
+    if trainer.device.type == "cpu":
+        result["cpu"] = describe_cpu()
     if trainer.rank == 0:
         peak = _peak_memory_mb(trainer.device)
         result["peak_memory_mb"] = peak
         write_json_atomic(out / "model.json", {"checkpoint": str(out / CHECKPOINT), "config": config_dict(cfg),
                                                **{k: v for k, v in result.items() if k != "checkpoint"}})
-        write_run_record(out / "run.json", config_dict(cfg), cfg.seed, started)
+        write_run_record(out / "run.json", config_dict(cfg), cfg.seed, started, extra={"amp_resolved": trainer.amp})
     return result
 
 

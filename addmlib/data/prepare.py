@@ -6,6 +6,8 @@ Splits are by subject, never by slice:
 * ``val_healthy``: the held-out hosts, lesion-free: for validation and for calibrating thresholds on healthy data;
 * ``eval_a``: real tumour scans with their real tumour masks (packaged, plus any tumour dataset on disk);
 * ``eval_b``: the held-out hosts with inserted lesions (synthetic ellipsoids and pasted real tumours): synthetic.
+* ``tune``: the same kinds of lesion inserted into *tuning hosts*, healthy brains that are neither trained on nor
+  used by ``val_healthy``/``eval_b``: the only split on which settings (noise, t*, scoring...) may be chosen.
 
 Each volume is stored preprocessed (N x N x Z axial stack, float16 in [-1, 1]) with its brain mask, lesion mask,
 voxel->world affine, the indices of the slices that hold enough brain, and the geometry of the scan it came from so
@@ -31,7 +33,7 @@ from .preprocess import Volume, add_brain_mask, brain_landmarks, finish, match_l
 from .sources import SOURCES, default_cache_dir, sha256_of
 
 DATA_FORMAT_VERSION = 1
-SPLITS = ("train", "val_healthy", "eval_a", "eval_b")
+SPLITS = ("train", "val_healthy", "eval_a", "eval_b", "tune")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class PrepareSettings:
     max_disk_subjects: int = 0
     disk_folder_skull: bool = False
     histogram_standardisation: bool = True
+    tune_hosts: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:
         blob = json.dumps({"v": DATA_FORMAT_VERSION, **asdict(self)}, sort_keys=True)
@@ -106,14 +109,19 @@ def prepare_subject(subject: Subject, size: int, strip_margin_mm: float, min_bra
 
 
 def subjects_for(settings: PrepareSettings, cache_dir: Path | None = None) -> dict[str, list[Subject]]:
-    """The subjects of each split before lesion insertion: train, val_healthy (hosts), eval_a."""
+    """The subjects of each split before lesion insertion: train, val_healthy (hosts), eval_a, tune (tuning hosts)."""
     overlap = set(settings.healthy_sources) & set(settings.holdout_hosts)
     if overlap:
         raise ValueError(f"held-out hosts {sorted(overlap)} are also listed as training sources")
-    for name in (*settings.healthy_sources, *settings.holdout_hosts, *settings.tumour_sources, *settings.paste_donors):
+    overlap = set(settings.tune_hosts) & (set(settings.healthy_sources) | set(settings.holdout_hosts))
+    if overlap:
+        raise ValueError(f"tuning hosts {sorted(overlap)} are also listed as training sources or held-out hosts: a "
+                         f"tuning brain must be neither trained on nor evaluated")
+    for name in (*settings.healthy_sources, *settings.holdout_hosts, *settings.tune_hosts, *settings.tumour_sources,
+                 *settings.paste_donors):
         if name not in SOURCES:
             raise ValueError(f"unknown packaged source {name!r}; known: {', '.join(SOURCES)}")
-    for name in (*settings.healthy_sources, *settings.holdout_hosts):
+    for name in (*settings.healthy_sources, *settings.holdout_hosts, *settings.tune_hosts):
         if SOURCES[name].role != "healthy":
             raise ValueError(f"source {name!r} is a tumour scan and cannot be used as a healthy brain")
     for name in (*settings.tumour_sources, *settings.paste_donors):
@@ -132,7 +140,8 @@ def subjects_for(settings: PrepareSettings, cache_dir: Path | None = None) -> di
         found = [replace(s, id=f"{s.dataset}-{s.id}")  # never clash with packaged or other ids
                  for s in DISK_LOADERS[fmt](root, **kwargs) if s.role == role]
         split.extend(found[: settings.max_disk_subjects or None])
-    return {"train": train, "val_healthy": hosts, "eval_a": eval_a}
+    return {"train": train, "val_healthy": hosts, "eval_a": eval_a,
+            "tune": [packaged(n, cache_dir) for n in settings.tune_hosts]}
 
 
 def _key(split: str, vid: str, field: str) -> str:
@@ -153,7 +162,7 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
     arrays: dict[str, np.ndarray] = {}
     volumes: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     prepared: dict[str, tuple[Volume, dict[str, Any]]] = {}
-    todo = [(split, s) for split in ("train", "val_healthy", "eval_a") for s in subjects[split]]
+    todo = [(split, s) for split in ("train", "val_healthy", "eval_a", "tune") for s in subjects[split]]
     todo += [("donor", packaged(n, cache_dir)) for n in settings.paste_donors if n not in settings.tumour_sources]
     wrap = progress if progress is not None else (lambda x, **_: x)
     for split, subject in wrap(todo, desc="preprocessing"):
@@ -165,24 +174,26 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
         reference = np.mean([brain_landmarks(prepared[s.id][0]) for s in subjects["train"]], axis=0)
         prepared = {k: (match_landmarks(v, reference), m) for k, (v, m) in prepared.items()}
     for split, subject in todo:
-        if split != "donor":
+        if split in ("train", "val_healthy", "eval_a"):
             _store(arrays, volumes, split, subject.id, *prepared[subject.id])
     rng = np.random.default_rng(settings.seed)
-    for host_name in settings.holdout_hosts:
-        host, host_meta = prepared[host_name]
-        for i in range(settings.lesions_per_host):
-            polarity = "hyper" if i % 2 == 0 else "hypo"
-            radius = (3.0, 8.0) if i % 4 < 2 else (8.0, 16.0)
-            vol, info = synthetic_lesion(host, rng, radius_mm=radius, polarity=polarity)
-            vid = f"{host_name}+synthetic{i:02d}-{polarity}"
-            _store(arrays, volumes, "eval_b", vid, vol, dict(host_meta, id=vid, host=host_name, lesion=asdict(info),
-                                                             synthetic=True))
-        for donor_name in settings.paste_donors:
-            donor, _ = prepared[donor_name]
-            vol, info = paste_tumour(host, donor, rng, donor_name)
-            vid = f"{host_name}+pasted-{donor_name}"
-            _store(arrays, volumes, "eval_b", vid, vol, dict(host_meta, id=vid, host=host_name, lesion=asdict(info),
-                                                             synthetic=True))
+    # set B first, so that adding tuning hosts leaves set B's lesions as they were
+    for split, host_names in (("eval_b", settings.holdout_hosts), ("tune", settings.tune_hosts)):
+        for host_name in host_names:
+            host, host_meta = prepared[host_name]
+            for i in range(settings.lesions_per_host):
+                polarity = "hyper" if i % 2 == 0 else "hypo"
+                radius = (3.0, 8.0) if i % 4 < 2 else (8.0, 16.0)
+                vol, info = synthetic_lesion(host, rng, radius_mm=radius, polarity=polarity)
+                vid = f"{host_name}+synthetic{i:02d}-{polarity}"
+                _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name,
+                                                              lesion=asdict(info), synthetic=True))
+            for donor_name in settings.paste_donors:
+                donor, _ = prepared[donor_name]
+                vol, info = paste_tumour(host, donor, rng, donor_name)
+                vid = f"{host_name}+pasted-{donor_name}"
+                _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name,
+                                                              lesion=asdict(info), synthetic=True))
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "dataset.npz") as tmp:
         with open(tmp, "wb") as fh:
@@ -193,7 +204,7 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
                         "member": SOURCES[n].member, "mask_member": SOURCES[n].mask_member,
                         "mask_label": SOURCES[n].mask_label, "licence": SOURCES[n].licence,
                         "kind": SOURCES[n].kind, "description": SOURCES[n].description}
-                    for n in dict.fromkeys((*settings.healthy_sources, *settings.holdout_hosts,
+                    for n in dict.fromkeys((*settings.healthy_sources, *settings.holdout_hosts, *settings.tune_hosts,
                                             *settings.tumour_sources, *settings.paste_donors))},
         "split": {s: [v["id"] for v in volumes[s]] for s in SPLITS},
         "intensity_reference_deciles": None if reference is None else [round(float(r), 4) for r in reference],
@@ -201,6 +212,8 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
         "counts": {s: {"volumes": len(volumes[s]), "slices": sum(len(v["slices"]) for v in volumes[s]),
                        "lesion_slices": sum(v.get("lesion_slices", 0) for v in volumes[s])} for s in SPLITS},
         "notes": ["eval_b is synthetic: lesions inserted into held-out healthy hosts",
+                  "tune is synthetic: the same kinds of lesion in tuning hosts (neither trained on nor in eval_b); "
+                  "settings are chosen on it alone",
                   "eval_a is small: real tumour scans from the packaged sources (qtim scans are one patient)",
                   "none of these are the paper's datasets (NFBS, Edinburgh)"],
     }
@@ -257,7 +270,7 @@ class PreparedDataset:
     def ids(self, split: str) -> list[str]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        return list(self.manifest["split"][split])
+        return list(self.manifest["split"].get(split, []))  # datasets built before the tuning split have none
 
     def volume(self, split: str, vid: str) -> PreparedVolume:
         meta = next(v for v in self.manifest["volumes"][split] if v["id"] == vid)

