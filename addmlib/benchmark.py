@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .diffusion import GaussianDiffusion, beta_schedule
+from .diffusion import GaussianDiffusion, beta_schedule, resolve_steps
 from .nets import UNet, UNetConfig
 from .pipeline import SCORING_MALLOC_ENV
 
@@ -333,7 +333,7 @@ def fastest(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One volume with the fast path for each of ``volume_steps`` (sizes above ``image_size``: the fewest only, time
     being linear in steps), and the naive loop (batch 1, fp32, no switches) at the fewest steps on ``naive_slices``."""
-    steps_list = sorted({cfg.t_star if s == 0 else s for s in cfg.volume_steps}, reverse=True)
+    steps_list = sorted({resolve_steps(s, cfg.t_star) for s in cfg.volume_steps}, reverse=True)
     if size > cfg.image_size:
         steps_list = steps_list[-1:]
     out = []

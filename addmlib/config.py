@@ -176,6 +176,8 @@ class ModelConfig(RunConfig):
     unet_num_res_blocks: int = 1
     unet_attention_resolutions: tuple[int, ...] = (8,)
     unet_dropout: float = 0.0
+    disc_base_channels: int = 32
+    disc_channel_mult: tuple[int, ...] = (1, 2, 4, 4)
 
     def check(self) -> None:
         super().check()
@@ -248,8 +250,6 @@ class TrainConfig(ModelConfig):
 
     model_name: str = "addm"
     variance: Literal["beta", "beta_tilde"] = "beta_tilde"
-    disc_base_channels: int = 32
-    disc_channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     batch_size: int = 4
     epochs: int = 3000
     max_steps: int = 0
@@ -260,6 +260,7 @@ class TrainConfig(ModelConfig):
     d_beta1: float = 0.5
     d_steps: int = 1
     adv_t_max: int = 0
+    train_t_max: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
@@ -277,6 +278,9 @@ class TrainConfig(ModelConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.d_lr <= 0 or self.max_steps < 0 or self.adv_t_max < 0:
             raise ValueError("lr and d_lr must be > 0, max_steps and adv_t_max >= 0")
+        if not 0 <= self.train_t_max <= self.num_steps:
+            raise ValueError(f"train_t_max must be in [0, num_steps={self.num_steps}] (0 = every t), "
+                             f"got {self.train_t_max}")
         if not 0 < self.lr_decay <= 1 or not 0 <= self.ema_decay < 1:
             raise ValueError("lr_decay must be in (0, 1], ema_decay in [0, 1)")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name):
@@ -517,6 +521,7 @@ NOTEBOOK_CONFIGS: dict[str, type] = {
     "04_ablation": AblationConfig,
     "05_browse": BrowseConfig,
     "06_benchmark": BenchConfig,
+    "07_levers": LeverConfig,
 }
 """Notebook stem -> its config."""
 

@@ -63,7 +63,7 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
     """Reconstruct ``volume[:, :, k]`` for k in ``slices`` and return the maps, averaged over ``draws`` noise draws
     and, when ``t_star`` is a sequence, over those depths (the t* ensemble of pDDPM/cDDPM: mean of the maps).
 
-    Each depth t uses min(``steps``, t) strided steps (all t when None). ``steps = 1`` is the one-step estimate:
+    Each depth t uses ``resolve_steps(steps, t)`` strided steps (all t when None or 0). ``steps = 1`` is the one-step estimate:
     the step t* -> 0 of the posterior q(x_0 | x_t*, x0_hat) returns x0_hat = (x_t* - sqrt(1 - abar) eps) / sqrt(abar).
     """
     if volume.ndim != 3:
@@ -84,8 +84,7 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
         acc_sq = torch.zeros_like(x0)
         for depth in depths:
             for _ in range(draws):
-                x_hat = diffusion.reconstruct(model, x0, depth, min(steps or depth, depth), sampler, noise_fn,
-                                              generator)
+                x_hat = diffusion.reconstruct(model, x0, depth, steps, sampler, noise_fn, generator)
                 acc_rec += x_hat
                 acc_abs += (x0 - x_hat).abs()
                 acc_sq += (x0 - x_hat) ** 2

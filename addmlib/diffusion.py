@@ -82,6 +82,14 @@ def strided_timesteps(t_star: int, steps: int) -> list[int]:
     return out
 
 
+def resolve_steps(steps: int | None, t_star: int) -> int:
+    """The one rule for the number of reverse steps from depth t*: None or 0 = every step (t*), otherwise
+    min(steps, t*). ``steps = 1`` is the one-step estimate x0_hat."""
+    if steps is not None and steps < 0:
+        raise ValueError(f"steps must be >= 0 (0 or None = every step), got {steps}")
+    return t_star if not steps else min(int(steps), t_star)
+
+
 @dataclass(frozen=True)
 class PosteriorTerms:
     """q(x_s | x_t, x_0) = N(coef_x0 * x_0 + coef_xt * x_t, variance)."""
@@ -246,14 +254,15 @@ class GaussianDiffusion:
                device: torch.device | str = "cpu") -> torch.Tensor:
         """Unconditional samples from x_T ~ N(0, I) with ``steps`` reverse steps (default: all T)."""
         x = noise_fn(torch.empty(tuple(shape), device=device), generator)
-        ts = strided_timesteps(self.num_steps, steps or self.num_steps)
+        ts = strided_timesteps(self.num_steps, resolve_steps(steps, self.num_steps))
         return self.denoise(model, x, ts, sampler, noise_fn, generator)
 
     @torch.no_grad()
     def reconstruct(self, model: EpsModel, x0: torch.Tensor, t_star: int, steps: int | None = None,
                     sampler: SamplerName = "ddpm", noise_fn: NoiseFn = gaussian_noise,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Noise ``x0`` to depth t* with q(x_{t*} | x_0) and denoise back with ``steps`` reverse steps (default all t*).
+        """Noise ``x0`` to depth t* with q(x_{t*} | x_0) and denoise back with ``resolve_steps(steps, t*)`` reverse
+        steps (None or 0: all t*; more than t*: t*).
 
         The anomaly map is then |x0 - reconstruct(...)|. t* = 0 returns x0 unchanged.
         """
@@ -262,7 +271,8 @@ class GaussianDiffusion:
         if t_star == 0:
             return x0.clone()
         xt = self.q_sample(x0, t_star, noise_fn(x0, generator))
-        return self.denoise(model, xt, strided_timesteps(t_star, steps or t_star), sampler, noise_fn, generator)
+        return self.denoise(model, xt, strided_timesteps(t_star, resolve_steps(steps, t_star)), sampler, noise_fn,
+                            generator)
 
 
 def scale_t_star(t_star_at_1000: int, num_steps: int) -> int:

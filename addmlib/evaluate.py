@@ -28,12 +28,12 @@ import torch
 from .baselines import ae_error_maps, dae_error_maps, intensity_floor, median_floor, train_autoencoder, train_dae
 from .data.prepare import PreparedDataset, PreparedVolume
 from .detect import fast_denoiser, score_volume, to_native_nifti
-from .diffusion import GaussianDiffusion, SamplerName
+from .diffusion import GaussianDiffusion, SamplerName, resolve_steps
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
 from .noise import noise_from_config
 from .post_processing import median_filter, remove_small_components, restrict_to_brain
 from .runtime import amp_dtype, resolve_amp
-from .training import build_diffusion, load_ema_unet
+from .models import build_diffusion, load_ema_unet
 
 SCORE_RANGE = (0.0, 2.0)  # |x - x_hat| for images in [-1, 1]
 
@@ -98,7 +98,7 @@ def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps:
         return s.reconstruction, s.abs_error, s.squared_error
 
     info = {"kind": "diffusion", "checkpoint": str(checkpoint), "T": cfg.num_steps,
-            "t_star": depths[0] if len(depths) == 1 else depths, "steps": min(steps, max(depths)),
+            "t_star": depths[0] if len(depths) == 1 else depths, "steps": resolve_steps(steps, max(depths)),
             "sampler": sampler, "noise": noise_name, "draws": draws,
             "lambda_adv": cfg.lambda_adv, "train_seed": cfg.seed, "eval_seed": seed, "channels_last": channels_last,
             "amp": amp_choice}

@@ -88,13 +88,14 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
     for name in cfg.baselines:
         for seed in (cfg.seeds if name in ("ae", "dae") else cfg.seeds[:1]):
             key = {"baseline": name, "seed": seed, "data": data.manifest["fingerprint"], "stride": cfg.slice_stride,
-                   "dae_steps": cfg.dae_steps, "ae_steps": cfg.ae_steps}
+                   "dae_steps": cfg.dae_steps, "ae_steps": int(base.get("ae_steps", 1500))}
             if (row := done(key)) is not None:
                 rows.append(row)
                 continue
             t0 = time.perf_counter()
             ((_, scorer, info),) = baseline_scorers(data, run_dir / "levers" / f"seed{seed}", [name], seed,
-                                                    cfg.ae_steps, cfg.dae_steps, amp=str(base.get("amp", "auto")),
+                                                    int(base.get("ae_steps", 1500)), cfg.dae_steps,
+                                                    amp=str(base.get("amp", "auto")),
                                                     progress=progress)
             res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
             save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed, "scoring": "-",
@@ -151,6 +152,45 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         entry["seconds_mean"] = float(np.mean([r["seconds"] for r in rs]))
         out.append(entry)
     return sorted(out, key=lambda e: -e["auprc_mean"])
+
+
+def lever_table(summary: Sequence[Mapping[str, Any]]) -> str:
+    """The summary as a Markdown table: mean ± std over seeds (and seed count), floors and baselines marked."""
+    rows = ["| variant | scoring | seeds | AUROC | AUPRC | Dice @ 5 % FPR | best Dice (tuning) | s per scoring |",
+            "|---|---|---|---|---|---|---|---|"]
+    for e in summary:
+        name = f"*{e['variant']}*" if e["kind"] == "baseline" else e["variant"]
+        cells = [f"{e[m + '_mean']:.3f} ± {e[m + '_std']:.3f}" if e["seeds"] > 1 else f"{e[m + '_mean']:.3f}"
+                 for m in METRICS]
+        rows.append(f"| {name} | {e['scoring']} | {e['seeds']} | " + " | ".join(cells) + f" | {e['seconds_mean']:.0f} |")
+    return "\n".join(rows)
+
+
+def plot_levers(summary: Sequence[Mapping[str, Any]]) -> Any:
+    """AUROC and AUPRC per (variant, scoring) with the seed range as error bars; floors as horizontal lines."""
+    import matplotlib.pyplot as plt
+
+    models = [e for e in summary if e["kind"] != "baseline"]
+    base = [e for e in summary if e["kind"] == "baseline"]
+    variants = list(dict.fromkeys(e["variant"] for e in models))
+    scorings = list(dict.fromkeys(e["scoring"] for e in models))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    width = 0.8 / max(len(variants), 1)
+    for ax, metric in zip(axes, ("auroc", "auprc")):
+        for i, v in enumerate(variants):
+            es = {e["scoring"]: e for e in models if e["variant"] == v}
+            xs = [k + i * width for k, s in enumerate(scorings) if s in es]
+            mean = np.array([es[s][f"{metric}_mean"] for s in scorings if s in es])
+            lo = mean - np.array([es[s][f"{metric}_min"] for s in scorings if s in es])
+            hi = np.array([es[s][f"{metric}_max"] for s in scorings if s in es]) - mean
+            ax.bar(xs, mean, width, yerr=[lo, hi], capsize=2, label=v)
+        for j, e in enumerate(base):
+            ax.axhline(e[f"{metric}_mean"], color=f"C{len(variants) + j}", ls="--", lw=1, label=e["variant"])
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(scorings))], scorings, rotation=30, fontsize=7)
+        ax.set(title=f"tuning split: {metric.upper()} (bars: mean, whiskers: seed range)", ylabel=metric)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
 
 
 def write_results(run_dir: str | Path, rows: Sequence[Mapping[str, Any]], cfg: LeverConfig,

@@ -71,18 +71,19 @@ def sample_timesteps(batch: int, num_steps: int, device: torch.device,
 def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, lam: float,
                          discriminator: Discriminator | None = None, t: torch.Tensor | None = None,
                          noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
-                         adv_t_max: int | None = None) -> ADDMTerms:
+                         adv_t_max: int | None = None, t_max: int | None = None) -> ADDMTerms:
     """L_ADDM = L_DDPM + lambda * L_Adv for one batch x0 (B, C, H, W) in [-1, 1].
 
     With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
-    required. ``adv_t_max`` restricts L_Adv to the samples with t <= adv_t_max (None: every t). The discriminator's
+    required. ``adv_t_max`` restricts L_Adv to the samples with t <= adv_t_max (None: every t); ``t_max`` draws
+    t ~ U{1..t_max} instead of U{1..T} (detection only ever noises to t*, so training may focus there). The discriminator's
     parameters would receive gradients from ``total`` too: the trainer freezes them during the U-Net's update.
     """
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam}")
     b = x0.shape[0]
     if t is None:
-        t = sample_timesteps(b, diffusion.num_steps, x0.device, generator)
+        t = sample_timesteps(b, min(t_max or diffusion.num_steps, diffusion.num_steps), x0.device, generator)
     eps = noise_fn(x0, generator)
     x_t = diffusion.q_sample(x0, t, eps)
     eps_pred = model(x_t, t)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .config import AblationConfig, ConfigError, validate
-from .diffusion import scale_t_star
+from .diffusion import resolve_steps, scale_t_star
 from .fileio import write_json_atomic
 from .pipeline import REPO_ROOT, NotebookFailed, load_params, run_params
 
@@ -164,7 +164,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         run_params(params, folder, ["02_train"], cell.cell_timeout, f"sweep cell {cell.name}")
         t_star = int(cell.params["t_star"])
         for n in cell.eval_steps:
-            steps = t_star if n == 0 or n > t_star else n
+            steps = resolve_steps(n, t_star)
             name = f"steps{steps}"
             if any(e["eval_name"] == name for e in evals):
                 continue  # e.g. 50 and 0 (all) coincide when t* = 50

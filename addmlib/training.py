@@ -48,10 +48,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import TrainConfig, load_yaml, validate
 from .data.augment import Augment
-from .diffusion import GaussianDiffusion
 from .fileio import atomic_path, write_json_atomic
 from .losses import addm_generator_terms, discriminator_step_loss
-from .nets import Discriminator, DiscriminatorConfig, UNet, UNetConfig
+from .models import CheckpointError, build_diffusion, build_discriminator, build_unet, load_checkpoint
 from .noise import noise_from_config
 from .provenance import write_run_record
 from .runtime import amp_dtype, describe_cpu, resolve_amp, resolve_device, set_threads
@@ -61,15 +60,11 @@ PREVIOUS = "checkpoint-prev.pt"
 LOG = "train_log.jsonl"
 # Parameters that change what is learned: a resumed run must agree with its checkpoint on all of these.
 ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise", "simplex_octaves",
-                     "simplex_persistence", "simplex_frequency", "coarse_spacing", "lambda_adv", "discriminator", "unet_base_channels",
-                     "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions", "unet_dropout",
-                     "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
-                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "grad_clip", "ema_decay",
-                     "amp", "augment", "seed")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the current configuration."""
+                     "simplex_persistence", "simplex_frequency", "coarse_spacing", "lambda_adv", "discriminator",
+                     "unet_base_channels", "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions",
+                     "unet_dropout", "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
+                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "train_t_max", "grad_clip",
+                     "ema_decay", "amp", "augment", "seed")
 
 
 def model_dir(run_dir: str | Path, model_name: str) -> Path:
@@ -77,50 +72,9 @@ def model_dir(run_dir: str | Path, model_name: str) -> Path:
     return Path(run_dir).resolve() / "models" / model_name
 
 
-def build_unet(cfg: TrainConfig) -> UNet:
-    return UNet(UNetConfig(base_channels=cfg.unet_base_channels, channel_mult=tuple(cfg.unet_channel_mult),
-                           num_res_blocks=cfg.unet_num_res_blocks,
-                           attention_resolutions=tuple(cfg.unet_attention_resolutions), dropout=cfg.unet_dropout),
-                cfg.image_size)
-
-
-def build_discriminator(cfg: TrainConfig) -> Discriminator:
-    return Discriminator(DiscriminatorConfig(base_channels=cfg.disc_base_channels,
-                                             channel_mult=tuple(cfg.disc_channel_mult),
-                                             conditional=cfg.discriminator == "conditional"))
-
-
-def build_diffusion(cfg: TrainConfig) -> GaussianDiffusion:
-    return GaussianDiffusion(cfg.num_steps, cfg.schedule, cfg.variance)
-
-
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     """JSON/checkpoint-safe dict (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a clear error for a missing, truncated or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, pickle.UnpicklingError, EOFError, zipfile errors...
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint (corrupt or truncated?): "
-                              f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(ckpt, dict) or "ema" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path}: not an addmlib training checkpoint")
-    return ckpt
-
-
-def load_ema_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, TrainConfig]:
-    """The EMA U-Net of a checkpoint (for sampling and detection) and the config it was trained with."""
-    ckpt = load_checkpoint(path, device)
-    cfg = validate(TrainConfig, ckpt["config"], f"{path} (config)")
-    unet = build_unet(cfg)
-    unet.load_state_dict(ckpt["ema"])
-    return unet.to(device).eval(), cfg
 
 
 class Trainer:
@@ -183,7 +137,8 @@ class Trainer:
         }
 
     def load_state(self, ckpt: dict[str, Any], source: str) -> None:
-        saved = ckpt["config"]
+        # a key the checkpoint lacks was added to the trainer later; its default reproduces the old behaviour
+        saved = {**config_dict(TrainConfig()), **ckpt["config"]}
         current = config_dict(self.cfg)
         diff = [k for k in ARCHITECTURE_KEYS if saved.get(k) != current.get(k)]
         if diff:
@@ -280,7 +235,7 @@ class Trainer:
         with self._autocast():
             terms = addm_generator_terms(self.g_model, self.diffusion, x0, cfg.lambda_adv, self.disc, t=None,
                                          noise_fn=self._noise, generator=self.gen,
-                                         adv_t_max=cfg.adv_t_max or None)
+                                         adv_t_max=cfg.adv_t_max or None, t_max=cfg.train_t_max or None)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         self.scaler.unscale_(self.opt_g)

@@ -16,8 +16,8 @@ from addmlib.config import TrainConfig
 from addmlib.data.prepare import SPLITS, _store
 from addmlib.data.preprocess import Volume
 from addmlib.fileio import write_json_atomic
-from addmlib.training import (CHECKPOINT, PREVIOUS, CheckpointError, Trainer, load_checkpoint, load_ema_unet,
-                              model_dir, read_log, train)
+from addmlib.models import load_ema_unet
+from addmlib.training import CHECKPOINT, PREVIOUS, CheckpointError, Trainer, load_checkpoint, model_dir, read_log, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,242 @@
+"""Detection levers: amp choice, coarse noise, t* ensembles and one-step maps, floors, the DAE, the tuning split,
+the Debian fetcher and the lever campaign's parameters."""
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from addmlib import runtime
+from addmlib.baselines import dae_error_maps, intensity_floor, median_floor, train_dae
+from addmlib.config import ConfigError, EvalConfig, LeverConfig, load_yaml, validate
+from addmlib.data.prepare import PrepareSettings, subjects_for
+from addmlib.data.sources import SOURCES, SourceError, _extract
+from addmlib.detect import score_volume
+from addmlib.diffusion import GaussianDiffusion
+from addmlib.levers import load_campaign_params, summarise
+from addmlib.noise import CoarseNoise, make_noise
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----- amp: auto -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags,expected", [(["avx2", "avx512f", "avx512_bf16"], "bf16"), (["avx2", "amx_bf16"], "bf16"),
+                                            (["avx2", "avx512f"], "off"), ([], "off")])
+def test_amp_auto_follows_the_cpu_flags(flags, expected):
+    assert runtime.resolve_amp("auto", torch.device("cpu"), flags) == expected
+
+
+def test_amp_auto_reads_this_cpu_when_no_flags_are_given(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert runtime.resolve_amp("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert runtime.resolve_amp("auto", torch.device("cpu")) == "off"
+
+
+def test_amp_auto_on_cuda_and_explicit_settings(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert runtime.resolve_amp("auto", torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert runtime.resolve_amp("auto", torch.device("cuda")) == "fp16"
+    assert runtime.resolve_amp("off", torch.device("cpu"), ["avx512_bf16"]) == "off"
+    assert runtime.resolve_amp("bf16", torch.device("cpu"), []) == "bf16"
+    with pytest.raises(ValueError, match="fp16' needs CUDA"):
+        runtime.resolve_amp("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="amp must be"):
+        runtime.resolve_amp("fp8", torch.device("cpu"))
+    assert runtime.amp_dtype("off") is None and runtime.amp_dtype("bf16") is torch.bfloat16
+
+
+def test_describe_cpu_names_flags():
+    assert "logical CPUs" in runtime.describe_cpu()
+
+
+# ----- coarse noise ----------------------------------------------------------------------------------------------
+def test_coarse_noise_is_standardised_independent_and_low_frequency():
+    noise = CoarseNoise(8)
+    g = torch.Generator().manual_seed(0)
+    x = noise(torch.empty(64, 1, 64, 64), g)
+    assert x.shape == (64, 1, 64, 64)
+    assert torch.allclose(x.mean((1, 2, 3)), torch.zeros(64), atol=1e-5)
+    assert torch.allclose(x.std((1, 2, 3)), torch.ones(64), atol=1e-4)
+    assert abs(torch.corrcoef(x.reshape(64, -1))[0, 1]) < 0.3  # fields differ between samples
+    power = torch.fft.fft2(x[:, 0]).abs().pow(2).mean(0)
+    freqs = torch.fft.fftfreq(64).abs()
+    high = (freqs[:, None] > 1 / 8) | (freqs[None, :] > 1 / 8)  # above the lattice's frequency
+    assert power[high].sum() / power.sum() < 0.05
+    white = torch.fft.fft2(torch.randn(64, 64, generator=g)).abs().pow(2)
+    assert white[high].sum() / white.sum() > 0.7
+    again = noise(torch.empty(64, 1, 64, 64), torch.Generator().manual_seed(0))
+    assert torch.equal(x, again)
+
+
+def test_coarse_noise_errors_and_factory():
+    with pytest.raises(ValueError, match="spacing"):
+        CoarseNoise(0)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        CoarseNoise(4)(torch.empty(8, 8))
+    assert isinstance(make_noise("coarse", coarse_spacing=4), CoarseNoise)
+    with pytest.raises(ValueError, match="'gaussian', 'simplex' or 'coarse'"):
+        make_noise("pink")
+
+
+# ----- scoring: one-step estimate and ensembles ------------------------------------------------------------------
+def _toy_model(x, t):
+    return 0.1 * x + 0.001 * t[:, None, None, None].float()
+
+
+def test_one_step_reconstruction_is_the_x0_estimate():
+    d = GaussianDiffusion(100)
+    x0 = torch.rand(3, 1, 8, 8) * 2 - 1
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    rec = d.reconstruct(_toy_model, x0, 40, steps=1, generator=g1)
+    xt = d.q_sample(x0, 40, torch.randn(x0.shape, generator=g2))
+    t = torch.full((3,), 40)
+    expected = d.predict_x0(xt, t, _toy_model(xt, t)).clamp(-1, 1)
+    assert torch.allclose(rec, expected, atol=1e-6)
+
+
+def test_t_star_ensemble_averages_the_maps_of_each_depth():
+    """Deterministic noise (all ones) and eps = 0: x0_hat = x0 + sqrt((1 - abar) / abar), a known error per depth."""
+    d = GaussianDiffusion(100)
+    vol = np.random.default_rng(0).uniform(-0.2, 0.2, (8, 8, 5)).astype(np.float32)
+    slices = np.array([1, 3])
+    ones = lambda like, gen: torch.ones_like(like)  # noqa: E731
+    zero_eps = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    single = {t: score_volume(zero_eps, d, vol, slices, t, 1, noise_fn=ones) for t in (5, 10)}
+    for t, s in single.items():
+        ab = float(d.alphas_cumprod[t])
+        expected = np.abs(np.clip(vol + np.sqrt((1 - ab) / ab), -1, 1) - vol)
+        assert np.allclose(s.abs_error[:, :, slices], expected[:, :, slices], atol=1e-5)
+    ens = score_volume(zero_eps, d, vol, slices, [5, 10], 1, noise_fn=ones)
+    assert np.allclose(ens.abs_error, (single[5].abs_error + single[10].abs_error) / 2, atol=1e-6)
+    assert not ens.abs_error[:, :, [0, 2, 4]].any()
+    with pytest.raises(ValueError, match="at least one depth"):
+        score_volume(_toy_model, d, vol, slices, [])
+
+
+def test_ensemble_of_one_depth_equals_that_depth():
+    d = GaussianDiffusion(100)
+    vol = np.random.default_rng(1).uniform(-1, 1, (8, 8, 3)).astype(np.float32)
+    a = score_volume(_toy_model, d, vol, np.array([0, 2]), 30, steps=5, generator=torch.Generator().manual_seed(0))
+    b = score_volume(_toy_model, d, vol, np.array([0, 2]), [30], steps=5, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(a.abs_error, b.abs_error)
+
+
+# ----- floors and the DAE ----------------------------------------------------------------------------------------
+def test_floors_are_the_intensity_and_the_deviation_from_the_brain_median():
+    vol = np.full((4, 4, 3), -1.0, dtype=np.float32)
+    vol[1:3, 1:3, :] = np.array([[0.2, 0.4], [0.6, 0.9]])[:, :, None]
+    brain = vol > -1
+    rec, err, sq = intensity_floor(vol, np.array([0, 2]))
+    assert np.allclose(err[:, :, [0, 2]], vol[:, :, [0, 2]] + 1) and not err[:, :, 1].any()
+    assert np.allclose(sq, err ** 2) and (rec == -1).all()
+    rec, err, _ = median_floor(vol, np.array([1]), brain)
+    med = np.median([0.2, 0.4, 0.6, 0.9])
+    assert np.allclose(err[:, :, 1], np.abs(vol[:, :, 1] - med)) and not err[:, :, 0].any()
+
+
+def test_dae_trains_caches_and_maps(tmp_path):
+    imgs = np.random.default_rng(0).uniform(-1, 1, (6, 16, 16)).astype(np.float32)
+    model, info = train_dae(imgs, tmp_path, "fp", steps=3, batch_size=2, noise_res=4)
+    assert info["settings"]["steps"] == 3 and (tmp_path / "dae.pt").is_file()
+    again, info2 = train_dae(imgs, tmp_path, "fp", steps=3, batch_size=2, noise_res=4)
+    assert info2 == info  # loaded, not retrained
+    vol = np.stack([imgs[0]] * 3, axis=-1)
+    rec, err = dae_error_maps(again, vol, np.array([0, 2]))
+    assert rec.shape == vol.shape and np.allclose(err[:, :, 0], np.abs(vol[:, :, 0] - rec[:, :, 0]))
+    assert not err[:, :, 1].any()
+    with pytest.raises(ValueError, match="noise_res 5 must divide"):
+        train_dae(imgs, tmp_path / "x", "fp", steps=1, noise_res=5)
+
+
+# ----- tuning split and its source -------------------------------------------------------------------------------
+def _settings(**kw):
+    base = dict(image_size=32, healthy_sources=("mrhead",), holdout_hosts=("colin27", "sri24"),
+                tumour_sources=("qtim_tumor2",), paste_donors=("qtim_tumor2",), lesions_per_host=2,
+                min_brain_fraction=0.25, strip_margin_mm=2.0, seed=0, tune_hosts=("itk_t1",))
+    base.update(kw)
+    return PrepareSettings(**base)
+
+
+def test_tuning_hosts_are_neither_trained_on_nor_evaluated():
+    with pytest.raises(ValueError, match="tuning hosts \\['colin27'\\].*neither trained on nor evaluated"):
+        subjects_for(_settings(tune_hosts=("colin27",)))
+    with pytest.raises(ValueError, match="tuning hosts \\['mrhead'\\]"):
+        subjects_for(_settings(tune_hosts=("mrhead",)))
+    with pytest.raises(ValueError, match="tumour scan and cannot be used as a healthy"):
+        subjects_for(_settings(tune_hosts=("qtim_shape",)))
+    assert _settings().fingerprint() != _settings(tune_hosts=()).fingerprint()
+
+
+def _ar(members: dict[str, bytes]) -> bytes:
+    out = b"!<arch>\n"
+    for name, data in members.items():
+        out += f"{name + '/':16s}{'0':12s}{'0':6s}{'0':6s}{'100644':8s}{len(data):<10d}`\n".encode() + data
+        out += b"\n" if len(data) % 2 else b""
+    return out
+
+
+def test_debian_package_members_are_extracted(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tf:
+        payload = b"brain bytes"
+        info = tarfile.TarInfo("./usr/share/scan.nii.gz")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    deb = tmp_path / "pkg_1.0_all.deb"
+    deb.write_bytes(_ar({"debian-binary": b"2.0\n", "control.tar.xz": b"x", "data.tar.xz": buf.getvalue()}))
+    _extract(deb, "./usr/share/scan.nii.gz", tmp_path / "out.nii.gz")
+    assert (tmp_path / "out.nii.gz").read_bytes() == b"brain bytes"
+    with pytest.raises(SourceError, match="no member"):
+        _extract(deb, "./missing", tmp_path / "m")
+    (tmp_path / "bad.deb").write_bytes(b"not an ar file")
+    with pytest.raises(SourceError, match="not a Debian package"):
+        _extract(tmp_path / "bad.deb", "x", tmp_path / "b")
+
+
+def test_the_tuning_host_comes_from_debian():
+    src = SOURCES["itk_t1"]
+    assert src.archive.registry == "debian" and src.role == "healthy" and src.archive.filename.endswith(".deb")
+
+
+# ----- configs ---------------------------------------------------------------------------------------------------
+def test_eval_config_checks_baselines_and_ensembles():
+    with pytest.raises(ConfigError, match="baselines \\['vae'\\] unknown"):
+        validate(EvalConfig, {"baselines": ["vae"]}, "p")
+    with pytest.raises(ConfigError, match="t_star_ensemble"):
+        validate(EvalConfig, {"t_star_ensemble": [0, 250]}, "p")
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        validate(EvalConfig, {"models": [], "baselines": []}, "p")
+    assert validate(EvalConfig, {"eval_sets": ["tune"]}, "p").eval_sets == ("tune",)
+
+
+def test_lever_campaign_params_are_checked():
+    cfg = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_demo.yaml"), "levers_demo.yaml")
+    base = load_campaign_params(cfg)
+    assert base["image_size"] == 64 and "coarse8" in cfg.variants
+    bad = validate(LeverConfig, {"variants": {"x": {"nois": "coarse"}}}, "p")
+    with pytest.raises(ConfigError, match="variant 'x': \\['nois'\\] are not training parameters"):
+        load_campaign_params(bad)
+    bad = validate(LeverConfig, {"scorings": {"s": {"t_starr": 3}}}, "p")
+    with pytest.raises(ConfigError, match="scoring 's'"):
+        load_campaign_params(bad)
+    with pytest.raises(ConfigError, match="may only hold"):
+        validate(LeverConfig, {"variants": {"a b": {}}}, "p")
+
+
+def test_summary_gives_mean_and_spread_over_seeds():
+    rows = [{"kind": "diffusion", "variant": "v", "scoring": "s", "seed": s, "auroc": a, "auprc": p, "dice": 0.1,
+             "best_dice": 0.2, "seconds": 1.0} for s, a, p in ((0, 0.8, 0.1), (1, 0.9, 0.3))]
+    rows.append({"kind": "baseline", "variant": "floor", "scoring": "-", "seed": 0, "auroc": 0.7, "auprc": 0.05,
+                 "dice": 0.0, "best_dice": 0.1, "seconds": 0.1})
+    out = summarise(rows)
+    assert [e["variant"] for e in out] == ["v", "floor"]
+    assert out[0]["seeds"] == 2 and out[0]["auprc_mean"] == pytest.approx(0.2)
+    assert out[0]["auprc_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1)) and out[1]["auprc_std"] == 0.0
+    assert out[0]["auroc_min"] == 0.8 and out[0]["auroc_max"] == 0.9
