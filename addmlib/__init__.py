@@ -1,8 +1,8 @@
 """addmlib: the Adversarial Denoising Diffusion Model (ADDM) for unsupervised anomaly detection in brain MRI.
 
 Modules: ``diffusion`` (schedules, forward/reverse process, samplers, reconstruct), ``noise`` (Gaussian, simplex),
-``nets`` (U-Net, discriminator), ``losses`` (L_DDPM + lambda L_Adv), ``config`` (typed parameters), ``pipeline``
-(papermill runner), ``provenance``, ``fileio``, ``runtime``.
+``nets`` (U-Net, discriminator), ``losses`` (L_DDPM + lambda L_Adv), ``config`` (typed parameters), ``cli`` (one-line
+refusals of bad input), ``pipeline`` (papermill runner), ``provenance``, ``fileio``, ``runtime``.
 """
 
 from .diffusion import GaussianDiffusion, beta_schedule, scale_t_star, strided_timesteps

@@ -1,4 +1,5 @@
-"""Benchmarks, each case in its own process: ``python -m addmlib.benchmark params/bench_demo.yaml --out DIR``.
+"""Benchmarks, each case in its own process: ``python -m addmlib.benchmark --case JSON`` (one case, here) or
+``--cases CASES.json [--out ROWS.json]`` (a list, each in its own process); notebooks/06_benchmark.ipynb plans them.
 
 Cases (each returns one JSON row; measured in a fresh process so that peak memory, threads and allocator settings
 belong to that case alone):
@@ -16,7 +17,8 @@ Timing is wall clock of whole steps after warm-up (CUDA synchronised), the media
 
 from __future__ import annotations
 
-import argparse
+import collections.abc
+import inspect
 import json
 import os
 import platform
@@ -25,12 +27,16 @@ import statistics
 import subprocess
 import sys
 import time
+import types
+import typing
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .cli import ArgumentParser, run_main
+from .config import ConfigError, _coerce, _type_name
 from .diffusion import GaussianDiffusion, beta_schedule, resolve_steps
 from .nets import UNet, UNetConfig
 from .pipeline import SCORING_MALLOC_ENV
@@ -387,26 +393,90 @@ def run_case(spec: Mapping[str, Any], timeout: int = 1800) -> dict[str, Any]:
     return row
 
 
+CASE_META: dict[str, Any] = {"case": str, "threads": int, "device": str, "malloc": bool, "label": str, "round": int}
+"""Keys every case spec may carry besides its case function's parameters, with their types."""
+
+
+def _case_type(tp: Any) -> Any:
+    """A case function's annotation as ``config._coerce`` understands it (a Sequence is a list or tuple)."""
+    origin = typing.get_origin(tp)
+    if origin is collections.abc.Sequence:
+        return tuple[(*typing.get_args(tp), ...)] if typing.get_args(tp) else tuple
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_case_type(a) for a in typing.get_args(tp))]
+    return tp
+
+
+def validate_case(spec: Any, source: str) -> None:
+    """Refuse a case spec with an unknown case or parameter, a missing parameter or a value of the wrong type (one
+    ConfigError naming ``source`` and the parameter) before any case runs."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{source}: a case must be a JSON object, got {type(spec).__name__}")
+    if spec.get("case") not in CASES:
+        raise ConfigError(f"{source}: 'case' must be one of {', '.join(map(repr, CASES))}, got {spec.get('case')!r}")
+    fn = CASES[spec["case"]]
+    params = dict(list(inspect.signature(fn).parameters.items())[1:])  # the first is the device, from "device"
+    hints = {**{k: _case_type(v) for k, v in typing.get_type_hints(fn).items() if k in params}, **CASE_META}
+    unknown = sorted(set(spec) - set(hints))
+    if unknown:
+        raise ConfigError(f"{source}: unknown parameter(s) {', '.join(map(repr, unknown))} for case "
+                          f"{spec['case']!r}; known: {', '.join(sorted(hints))}")
+    missing = sorted(k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in spec)
+    if missing or "threads" not in spec:
+        raise ConfigError(f"{source}: case {spec['case']!r} needs parameter(s) "
+                          f"{', '.join(map(repr, missing + (['threads'] if 'threads' not in spec else [])))}")
+    for key, value in spec.items():
+        try:
+            _coerce(value, hints[key])
+        except TypeError:
+            raise ConfigError(f"{source}: parameter {key!r} must be {_type_name(hints[key])}, got {value!r} "
+                              f"({type(value).__name__})") from None
+
+
+def _read_cases(path: str) -> list[Any]:
+    """The list of case specs in the JSON file ``path``, each validated (nothing runs when one is wrong)."""
+    try:
+        specs = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(specs, list):
+        raise ConfigError(f"{path}: expected a JSON list of cases, got {type(specs).__name__}")
+    for i, spec in enumerate(specs):
+        validate_case(spec, f"{path} (case {i})")
+    return specs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m addmlib.benchmark", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m addmlib.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", help="run one case given as JSON in this process and print its result")
     parser.add_argument("--cases", help="a JSON file holding a list of cases: run each in its own process")
     parser.add_argument("--out", help="with --cases: write the rows as JSON here")
     args = parser.parse_args(argv)
-    if args.case:
-        print(json.dumps(run_case_here(json.loads(args.case))), flush=True)
+    if not args.case and not args.cases:
+        parser.error("give --case or --cases")
+    return run_main(lambda: _bench_cli(args.case, args.cases, args.out))
+
+
+def _bench_cli(case: str | None, cases: str | None, out: str | None) -> int:
+    """``main`` after argument parsing: every case validated, then run."""
+    if case:
+        try:
+            spec = json.loads(case)
+        except ValueError as exc:
+            raise ConfigError(f"--case: not valid JSON: {exc}") from None
+        validate_case(spec, "--case")
+        print(json.dumps(run_case_here(spec)), flush=True)
         return 0
-    if args.cases:
-        rows = []
-        for spec in json.loads(Path(args.cases).read_text()):
-            row = run_case(spec)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        if args.out:
-            Path(args.out).write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=1))
-        return 0
-    parser.error("give --case or --cases")
-    return 2
+    rows = []
+    for spec in _read_cases(cases or ""):
+        row = run_case(spec)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if out:
+        Path(out).write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ CLI: ``python -m addmlib.book --run-dir outputs/demo --out outputs/site [--noteb
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html.parser
 import json
@@ -27,6 +26,8 @@ from typing import Iterable, Sequence
 
 import nbformat
 import yaml
+
+from .cli import USAGE_ERROR, ArgumentParser, one_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -249,16 +250,16 @@ def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m addmlib.book", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m addmlib.book", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", required=True, help="a run with executed notebooks (e.g. outputs/demo)")
     ap.add_argument("--out", required=True, help="where the site goes (e.g. outputs/site)")
     ap.add_argument("--notebook", action="append", default=[], help="another executed notebook to include")
     args = ap.parse_args(argv)
     try:
         site = build_site(args.run_dir, args.out, args.notebook)
-    except SiteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except SiteError as exc:  # a missing or unexecuted notebook, a failed build: one line, nothing half-written
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return USAGE_ERROR
     print(f"site written to {site} (open {site / 'index.html'})")
     return 0
 

@@ -9,6 +9,7 @@ an unknown or ill-typed parameter is an error that names it and where it came fr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -130,12 +131,64 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ConfigError(f"{path}: expected a mapping of parameter names to values at the top level")
     return data
+
+
+def load_yaml_files(files: typing.Sequence[str | Path]) -> tuple[dict[str, Any], str]:
+    """Merge flat YAML parameter files (later override earlier, like ``papermill -f a -f b``) -> (params, source),
+    ``source`` naming the files for error messages ("a.yaml + b.yaml")."""
+    params: dict[str, Any] = {}
+    for f in files:
+        params.update(load_yaml(f))
+    return params, " + ".join(map(str, files)) or "parameters"
+
+
+def pipeline_parameter_names(notebooks: typing.Iterable[str] = ()) -> set[str]:
+    """Every parameter name declared by the pipeline's notebooks (``PIPELINE_NOTEBOOKS``) and by ``notebooks``."""
+    names = dict.fromkeys((*PIPELINE_NOTEBOOKS, *notebooks))
+    return {f.name for n in names if n in NOTEBOOK_CONFIGS for f in dataclasses.fields(NOTEBOOK_CONFIGS[n])}
+
+
+def check_pipeline_parameters(params: Mapping[str, Any], source: str, known: typing.Iterable[str] = ()) -> None:
+    """Refuse a name that no pipeline notebook declares (nor ``known``) and a value of the wrong type for the
+    notebooks that declare it; one-line ConfigError naming ``source`` and the parameter."""
+    names = pipeline_parameter_names() | set(known)
+    unknown = sorted(set(params) - names)
+    if unknown:
+        hints = [f"{m[0]!r} for {u!r}" for u in unknown if (m := difflib.get_close_matches(u, names, n=1))]
+        raise ConfigError(f"{source}: parameter(s) {', '.join(map(repr, unknown))} are declared by none of the "
+                          f"pipeline's notebooks; check the spelling" + (f" (did you mean {', '.join(hints)}?)"
+                                                                         if hints else ""))
+    for name in PIPELINE_NOTEBOOKS:
+        hints = typing.get_type_hints(NOTEBOOK_CONFIGS[name])
+        for key in set(params) & set(hints):
+            try:
+                _coerce(params[key], hints[key])
+            except TypeError:
+                raise ConfigError(f"{source}: parameter {key!r} must be {_type_name(hints[key])}, "
+                                  f"got {params[key]!r} ({type(params[key]).__name__})") from None
+
+
+def load_checked(cls: type[T], files: typing.Sequence[str | Path], overrides: Mapping[str, Any] | None = None,
+                 pipeline: bool = False) -> T:
+    """The one validation of every command-line entry point: YAML file(s) -> ``cls``, every key checked.
+
+    ``pipeline=False``: the files hold ``cls``'s parameters only (any other key is an error). ``pipeline=True``: the
+    files are pipeline parameter files, which may hold parameters of the other pipeline notebooks (those are
+    type-checked, not used); a key no pipeline notebook declares is an error. ``overrides`` win over the files.
+    """
+    params, source = load_yaml_files(files)
+    params = {**params, **(overrides or {})}
+    if not pipeline:
+        return validate(cls, params, source)
+    check_pipeline_parameters(params, source)
+    own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return validate(cls, {k: v for k, v in params.items() if k in own}, source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,9 +231,13 @@ class ModelConfig(RunConfig):
     unet_dropout: float = 0.0
     disc_base_channels: int = 32
     disc_channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    patch_size: int = 0
 
     def check(self) -> None:
         super().check()
+        if not 0 <= self.patch_size < self.image_size:
+            raise ValueError(f"patch_size must be 0 (noise the whole image) or in [1, image_size={self.image_size}), "
+                             f"got {self.patch_size}")
         if self.image_size < 16 or self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 and >= 16, got {self.image_size}")
         if self.image_size % (2 ** (len(self.unet_channel_mult) - 1)):
@@ -206,7 +263,13 @@ _PACKAGED_HEALTHY_TRAIN = ("mrhead", "robex_subject", "icbm2009a", "mni152_nlin6
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig(RunConfig):
-    """notebooks/01_prepare_data.ipynb: the embedded dataset (and optional datasets on disk), prepared once."""
+    """notebooks/01_prepare_data.ipynb: the embedded dataset (and optional datasets on disk), prepared once.
+
+    ``min_mask_overlap``: the least fraction of a lesion or brain mask's nonzero voxels that must lie inside its scan's
+    field of view (a mask elsewhere in the world is refused). ``allow_empty_masks``: a tumour scan whose lesion, or a
+    scan whose brain mask, is empty after preprocessing is an error; with this switch it is a warning recorded in the
+    manifest instead (the scan is kept without lesion, or left out without brain).
+    """
 
     image_size: int = 64
     healthy_sources: tuple[str, ...] = _PACKAGED_HEALTHY_TRAIN
@@ -225,6 +288,8 @@ class PrepareConfig(RunConfig):
     disk_folder_skull: bool = False
     histogram_standardisation: bool = True
     data_cache_dir: str = ""
+    min_mask_overlap: float = 0.5
+    allow_empty_masks: bool = False
 
     def check(self) -> None:
         super().check()
@@ -232,6 +297,8 @@ class PrepareConfig(RunConfig):
             raise ValueError(f"image_size must be a multiple of 8 and >= 16, got {self.image_size}")
         if not 0 < self.min_brain_fraction <= 1:
             raise ValueError(f"min_brain_fraction must be in (0, 1], got {self.min_brain_fraction}")
+        if not 0 < self.min_mask_overlap <= 1:
+            raise ValueError(f"min_mask_overlap must be in (0, 1], got {self.min_mask_overlap}")
         if self.lesions_per_host < 0 or self.max_disk_subjects < 0 or self.strip_margin_mm < 0:
             raise ValueError("lesions_per_host, max_disk_subjects and strip_margin_mm must be >= 0")
         for fmt, root, what in ((self.disk_healthy_format, self.disk_healthy_root, "disk_healthy"),
@@ -316,9 +383,12 @@ class EvalConfig(RunConfig):
     eval_name: str = "eval"
     channels_last: Literal["auto", "on", "off"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    patch_stride: int = 0
 
     def check(self) -> None:
         super().check()
+        if self.patch_stride < 0:
+            raise ValueError(f"patch_stride must be >= 0 (0 = half the model's patch), got {self.patch_stride}")
         for name in ("ae_steps", "dae_steps", "dae_noise_res", "t_star", "sample_steps", "draws", "eval_batch_size",
                      "slice_stride"):
             if getattr(self, name) < 1:
@@ -448,12 +518,14 @@ class BenchConfig(RunConfig):
 class LeverConfig(RunConfig):
     """The lever campaign (``addmlib.levers``, notebooks/07_levers.ipynb): training variants x seeds x scorings,
     measured on the tuning split only. ``variants``: name -> training parameters over the base set; ``scorings``:
-    name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler)."""
+    name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler, patch_stride);
+    ``variant_scorings``: variant -> the scorings it gets (default: all; e.g. only cheap ones for patch models)."""
 
     run_dir: str = "../outputs/levers"
     base_params: tuple[str, ...] = ("params/demo.yaml",)
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"gaussian": {}})
     scorings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"default": {}})
+    variant_scorings: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1)
     baselines: tuple[str, ...] = ("floor_intensity", "floor_median", "dae")
     dae_steps: int = 1500
@@ -470,6 +542,12 @@ class LeverConfig(RunConfig):
                 raise ValueError(f"variant/scoring name {name!r} may only hold letters, digits, '_', '.', '-'")
         if self.dae_steps < 1 or self.slice_stride < 1:
             raise ValueError("dae_steps and slice_stride must be >= 1")
+        for name, chosen in self.variant_scorings.items():
+            if name not in self.variants:
+                raise ValueError(f"variant_scorings names {name!r}, which is not a variant")
+            unknown = sorted(set(chosen) - set(self.scorings))
+            if unknown:
+                raise ValueError(f"variant_scorings[{name!r}]: {unknown} are not scorings")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .data.preprocess import to_native
-from .diffusion import GaussianDiffusion, NoiseFn, SamplerName, gaussian_noise
+from .diffusion import GaussianDiffusion, NoiseFn, SamplerName, gaussian_noise, patch_masks
 from .fileio import atomic_path
 
 ErrorName = Literal["abs", "squared"]
@@ -59,12 +59,14 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
                  volume: np.ndarray, slices: np.ndarray, t_star: int | Sequence[int], steps: int | None = None,
                  sampler: SamplerName = "ddpm", noise_fn: NoiseFn = gaussian_noise, draws: int = 1,
                  batch_size: int = 16, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> VolumeScore:
+                 device: torch.device | str = "cpu", patch: tuple[int, int] | None = None) -> VolumeScore:
     """Reconstruct ``volume[:, :, k]`` for k in ``slices`` and return the maps, averaged over ``draws`` noise draws
     and, when ``t_star`` is a sequence, over those depths (the t* ensemble of pDDPM/cDDPM: mean of the maps).
 
     Each depth t uses ``resolve_steps(steps, t)`` strided steps (all t when None or 0). ``steps = 1`` is the one-step estimate:
     the step t* -> 0 of the posterior q(x_0 | x_t*, x0_hat) returns x0_hat = (x_t* - sqrt(1 - abar) eps) / sqrt(abar).
+    ``patch = (size, stride)``: pDDPM scoring of a patch-trained model: each patch of a grid covering the slice is
+    noised and denoised with the clean rest of the slice as context; overlapping reconstructions are averaged.
     """
     if volume.ndim != 3:
         raise ValueError(f"expected an N x N x Z volume, got shape {volume.shape}")
@@ -82,9 +84,15 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
         acc_rec = torch.zeros_like(x0)
         acc_abs = torch.zeros_like(x0)
         acc_sq = torch.zeros_like(x0)
+        masks = patch_masks(x0.shape[-1], patch[0], patch[1], x0) if patch else [None]
         for depth in depths:
             for _ in range(draws):
-                x_hat = diffusion.reconstruct(model, x0, depth, steps, sampler, noise_fn, generator)
+                x_hat = torch.zeros_like(x0)
+                for m in masks:
+                    r = diffusion.reconstruct(model, x0, depth, steps, sampler, noise_fn, generator, m)
+                    x_hat += r if m is None else r * m
+                if patch:
+                    x_hat /= sum(masks)
                 acc_rec += x_hat
                 acc_abs += (x0 - x_hat).abs()
                 acc_sq += (x0 - x_hat) ** 2

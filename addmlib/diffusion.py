@@ -228,8 +228,13 @@ class GaussianDiffusion:
     # ----- loops ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def denoise(self, model: EpsModel, xt: torch.Tensor, timesteps: Sequence[int], sampler: SamplerName = "ddpm",
-                noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run the reverse chain over descending ``timesteps`` (t_start, ..., 0) starting from x_{t_start}."""
+                noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
+                keep: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Run the reverse chain over descending ``timesteps`` (t_start, ..., 0) starting from x_{t_start}.
+
+        ``keep = (mask, x0)``: patch-wise denoising (pDDPM, Behrendt et al. 2023): only where mask = 1 is denoised;
+        elsewhere the clean context x0 is put back after every step, as the model saw it in training.
+        """
         if list(timesteps) != sorted(set(timesteps), reverse=True) or timesteps[-1] != 0:
             raise ValueError(f"timesteps must be strictly descending and end at 0, got {list(timesteps)[:5]}...")
         if timesteps[0] > self.num_steps:
@@ -246,6 +251,8 @@ class GaussianDiffusion:
                 x = self.ddim_step(x, t, eps, s)
             else:
                 x = self.p_sample_from_eps(x, t, eps, noise_fn(x, generator), s)
+            if keep is not None:
+                x = keep[0] * x + (1 - keep[0]) * keep[1]
         return x
 
     @torch.no_grad()
@@ -260,19 +267,55 @@ class GaussianDiffusion:
     @torch.no_grad()
     def reconstruct(self, model: EpsModel, x0: torch.Tensor, t_star: int, steps: int | None = None,
                     sampler: SamplerName = "ddpm", noise_fn: NoiseFn = gaussian_noise,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Noise ``x0`` to depth t* with q(x_{t*} | x_0) and denoise back with ``resolve_steps(steps, t*)`` reverse
         steps (None or 0: all t*; more than t*: t*).
 
-        The anomaly map is then |x0 - reconstruct(...)|. t* = 0 returns x0 unchanged.
+        The anomaly map is then |x0 - reconstruct(...)|. t* = 0 returns x0 unchanged. ``mask`` (1 = noise, 0 = keep)
+        noises and denoises only a patch, with the clean input as context (``patch_noise``, pDDPM).
         """
         if not 0 <= t_star <= self.num_steps:
             raise ValueError(f"t_star must be in [0, T={self.num_steps}], got {t_star}")
         if t_star == 0:
             return x0.clone()
         xt = self.q_sample(x0, t_star, noise_fn(x0, generator))
+        if mask is not None:
+            xt = patch_noise(x0, xt, mask)
         return self.denoise(model, xt, strided_timesteps(t_star, resolve_steps(steps, t_star)), sampler, noise_fn,
-                            generator)
+                            generator, None if mask is None else (mask, x0))
+
+
+def patch_noise(x0: torch.Tensor, xt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """pDDPM's partially noised input: x_t inside the patch (mask = 1), the clean x0 outside it."""
+    return mask * xt + (1 - mask) * x0
+
+
+def patch_masks(size: int, patch: int, stride: int, like: torch.Tensor) -> list[torch.Tensor]:
+    """Square patch masks (1, 1, size, size) on a grid of ``stride`` that covers the whole image (the last row and
+    column of patches end on the border)."""
+    if not 1 <= patch <= size or stride < 1:
+        raise ValueError(f"patch {patch} must be in [1, image size {size}] and stride {stride} >= 1")
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    out = []
+    for y in starts:
+        for x in starts:
+            m = torch.zeros((1, 1, size, size), dtype=like.dtype, device=like.device)
+            m[..., y:y + patch, x:x + patch] = 1
+            out.append(m)
+    return out
+
+
+def random_patch_masks(batch: int, size: int, patch: int, generator: torch.Generator | None,
+                       like: torch.Tensor) -> torch.Tensor:
+    """(B, 1, size, size) masks, each a ``patch`` x ``patch`` square at a uniformly random position (training)."""
+    gdev = like.device if generator is None else generator.device
+    pos = torch.randint(0, size - patch + 1, (batch, 2), generator=generator, device=gdev).tolist()
+    m = torch.zeros((batch, 1, size, size), dtype=like.dtype, device=like.device)
+    for i, (y, x) in enumerate(pos):
+        m[i, :, y:y + patch, x:x + patch] = 1
+    return m
 
 
 def scale_t_star(t_star_at_1000: int, num_steps: int) -> int:

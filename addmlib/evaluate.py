@@ -75,11 +75,13 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
 
 def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps: int, sampler: SamplerName,
                      noise: str, draws: int, batch_size: int, seed: int, device: torch.device,
-                     channels_last: bool = False, amp: str = "off") -> tuple[Scorer, dict[str, Any]]:
+                     channels_last: bool = False, amp: str = "off",
+                     patch_stride: int = 0) -> tuple[Scorer, dict[str, Any]]:
     """A scorer (volume, slices) -> (reconstruction, |x - x_hat|, (x - x_hat)^2) for a trained diffusion model.
 
     ``t_star``: one depth, or several whose maps are averaged (an ensemble); ``amp``: "auto", "off", "bf16", "fp16"
-    for the network's forward pass (``runtime.resolve_amp``; the diffusion maths stays fp32)."""
+    for the network's forward pass (``runtime.resolve_amp``; the diffusion maths stays fp32). A model trained with
+    ``patch_size`` is scored patch-wise (pDDPM) on a grid of ``patch_stride`` (0: half the patch)."""
     unet, cfg = load_ema_unet(checkpoint, device)
     amp_choice = resolve_amp(amp, device)
     eps = fast_denoiser(unet, channels_last, amp_dtype(amp_choice))
@@ -91,17 +93,18 @@ def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps:
     noise_name = cfg.noise if noise == "model" else noise
     noise_fn = noise_from_config(cfg, noise_name)
     gen = torch.Generator(device=device).manual_seed(seed)
+    patch = (cfg.patch_size, patch_stride or max(1, cfg.patch_size // 2)) if cfg.patch_size else None
 
     def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         s = score_volume(eps, diffusion, vol.image, slices, depths, steps, sampler, noise_fn, draws, batch_size,
-                         gen, device)
+                         gen, device, patch)
         return s.reconstruction, s.abs_error, s.squared_error
 
     info = {"kind": "diffusion", "checkpoint": str(checkpoint), "T": cfg.num_steps,
             "t_star": depths[0] if len(depths) == 1 else depths, "steps": resolve_steps(steps, max(depths)),
             "sampler": sampler, "noise": noise_name, "draws": draws,
             "lambda_adv": cfg.lambda_adv, "train_seed": cfg.seed, "eval_seed": seed, "channels_last": channels_last,
-            "amp": amp_choice}
+            "amp": amp_choice, "patch": list(patch) if patch else None}
     return score, info
 
 
@@ -165,7 +168,7 @@ def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostPr
         pooled.update(v.amap, v.lesion, region)
         per_volume.append({"id": v.id, **overlap_metrics(*c[:3]), "auroc": hist.auroc(), "auprc": hist.auprc(),
                            "best_dice": hist.best_dice()[0], "lesion_voxels": int(v.lesion.sum()),
-                           "threshold": thresholds[v.id]})
+                           "threshold": thresholds[v.id], "warnings": hist.warnings()})
         for k in range(v.lesion.shape[2]):
             if (v.lesion[:, :, k] & region[:, :, k]).any():
                 inside = region[:, :, k]

@@ -15,7 +15,11 @@ from typing import Any, Iterator
 
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success it is renamed onto ``target``, on error removed."""
+    """Yield a temporary path beside ``target``; on success it is renamed onto ``target``, on error removed.
+
+    An OSError while writing (a full disk, a quota, a read-only folder) is re-raised as an OSError of the same errno
+    whose message names ``target`` and says that the previous file, if any, is unchanged.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -26,6 +30,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        detail = exc.strerror or str(exc)
+        if exc.filename and Path(exc.filename) != tmp_path:
+            detail += f" ({exc.filename})"
+        raise OSError(exc.errno, f"cannot write {target}: {detail}; the previous file, if any, is unchanged") from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -15,7 +15,6 @@ parameter set, e.g. params/demo.yaml, is named by ``base_params``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import hashlib
@@ -27,7 +26,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .config import ConfigError, EvalConfig, LeverConfig, PrepareConfig, TrainConfig, load_yaml, validate
+from .cli import ArgumentParser, run_main
+from .config import (ConfigError, LeverConfig, PrepareConfig, TrainConfig, check_pipeline_parameters, load_checked,
+                     load_yaml_files, validate)
 from .data.prepare import PreparedDataset, PrepareSettings, build
 from .evaluate import BASELINE_LABELS, PostProcessing, baseline_scorers, diffusion_scorer, evaluate_model
 from .fileio import write_json_atomic
@@ -35,7 +36,7 @@ from .provenance import write_run_record
 from .runtime import resolve_device, set_threads
 from .training import model_dir, train
 
-SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler")
+SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride")
 METRICS = ("auroc", "auprc", "dice", "best_dice")
 
 
@@ -84,9 +85,11 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
         write_json_atomic(rows_dir / f"{_fingerprint(key)}.json", row)
         rows.append(row)
 
-    # floors and baselines (the DAE per seed)
-    for name in cfg.baselines:
-        for seed in (cfg.seeds if name in ("ae", "dae") else cfg.seeds[:1]):
+    own = {f.name for f in dataclasses.fields(TrainConfig)}
+    for seed in cfg.seeds:  # seed by seed, so that a first complete table comes early
+        for name in cfg.baselines:
+            if seed != cfg.seeds[0] and name not in ("ae", "dae"):
+                continue  # floors have no seed
             key = {"baseline": name, "seed": seed, "data": data.manifest["fingerprint"], "stride": cfg.slice_stride,
                    "dae_steps": cfg.dae_steps, "ae_steps": int(base.get("ae_steps", 1500))}
             if (row := done(key)) is not None:
@@ -95,15 +98,12 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
             t0 = time.perf_counter()
             ((_, scorer, info),) = baseline_scorers(data, run_dir / "levers" / f"seed{seed}", [name], seed,
                                                     int(base.get("ae_steps", 1500)), cfg.dae_steps,
-                                                    amp=str(base.get("amp", "auto")),
-                                                    progress=progress)
+                                                    amp=str(base.get("amp", "auto")), progress=progress)
             res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
             save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed, "scoring": "-",
                        **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1)})
             log(f"{BASELINE_LABELS[name]} seed {seed}: {rows[-1]}")
-    own = {f.name for f in dataclasses.fields(TrainConfig)}
-    for variant, overrides in cfg.variants.items():
-        for seed in cfg.seeds:
+        for variant, overrides in cfg.variants.items():
             params = {k: v for k, v in {**base, **overrides}.items() if k in own}
             params.update(seed=seed, model_name=f"{variant}-s{seed}", run_dir=str(run_dir / "levers"),
                           threads=cfg.threads)
@@ -112,21 +112,23 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
             result = train(tcfg, data.slices("train")["image"], progress=progress)
             train_s = round(time.perf_counter() - t0, 1)
             ckpt = model_dir(tcfg.run_dir, tcfg.model_name) / "checkpoint.pt"
-            for scoring, sover in cfg.scorings.items():
-                s = {"t_star": tcfg.t_star, "t_star_ensemble": [], "sample_steps": 25, "draws": 1,
-                     "median_size": pp_default.median_size, "sampler": "ddpm", **sover}
-                key = {"variant": variant, "overrides": overrides, "seed": seed, "scoring": s,
+            for scoring in cfg.variant_scorings.get(variant, tuple(cfg.scorings)):
+                sover = cfg.scorings[scoring]
+                sc = {"t_star": tcfg.t_star, "t_star_ensemble": [], "sample_steps": 25, "draws": 1,
+                      "median_size": pp_default.median_size, "sampler": "ddpm", **sover}
+                key = {"variant": variant, "overrides": overrides, "seed": seed, "scoring": sc,
                        "data": data.manifest["fingerprint"], "stride": cfg.slice_stride,
                        "steps_trained": result["step"]}
                 if (row := done(key)) is not None:
                     rows.append(row)
                     continue
                 t1 = time.perf_counter()
-                depths = list(s["t_star_ensemble"]) or int(s["t_star"])
-                scorer, info = diffusion_scorer(ckpt, depths, int(s["sample_steps"]), s["sampler"], "model",
-                                                int(s["draws"]), int(base.get("eval_batch_size", 16)), seed, device,
-                                                device.type == "cpu", str(base.get("amp", "auto")))
-                pp = dataclasses.replace(pp_default, median_size=int(s["median_size"]))
+                depths = list(sc["t_star_ensemble"]) or int(sc["t_star"])
+                scorer, info = diffusion_scorer(ckpt, depths, int(sc["sample_steps"]), sc["sampler"], "model",
+                                                int(sc["draws"]), int(base.get("eval_batch_size", 16)), seed, device,
+                                                device.type == "cpu", str(base.get("amp", "auto")),
+                                                int(sc.get("patch_stride", 0)))
+                pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))
                 res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None)
                 save(key, {"kind": "diffusion", "variant": variant, "seed": seed, "scoring": scoring,
                            **_row_metrics(res), "seconds": round(time.perf_counter() - t1, 1),
@@ -213,26 +215,20 @@ def write_results(run_dir: str | Path, rows: Sequence[Mapping[str, Any]], cfg: L
 
 
 def load_campaign_params(cfg: LeverConfig) -> dict[str, Any]:
-    """The base (pipeline) parameters of the campaign: its ``base_params`` files (relative to the repository)
-    merged in order, with the campaign's seed and threads; every name checked, every variant and scoring too."""
+    """The base (pipeline) parameters of the campaign: its ``base_params`` files (relative to the repository) merged
+    in order, every name and type checked like a pipeline file, with the campaign's seed and threads; every variant's
+    and scoring's keys checked too. Errors are one-line ConfigErrors."""
     from .pipeline import REPO_ROOT
 
-    base: dict[str, Any] = {}
-    for f in cfg.base_params:
-        path = Path(f) if Path(f).is_absolute() else REPO_ROOT / f
-        base.update(load_yaml(path))
+    files = [Path(f) if Path(f).is_absolute() else REPO_ROOT / f for f in cfg.base_params]
+    base, source = load_yaml_files(files)
+    check_pipeline_parameters(base, source)
     base.update(seed=cfg.seed, threads=cfg.threads)
-    known: set[str] = set()
-    for cls in (PrepareConfig, TrainConfig, EvalConfig):
-        known |= {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(base) - known)
-    if unknown:
-        raise ConfigError(f"{', '.join(cfg.base_params)}: parameter(s) {unknown} are known to neither data "
-                          f"preparation, training nor evaluation")
     for name, overrides in cfg.variants.items():
         bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
         if bad:
             raise ConfigError(f"variant {name!r}: {bad} are not training parameters")
+        check_pipeline_parameters({**base, **overrides}, f"variant {name!r}")
     for name, overrides in cfg.scorings.items():
         bad = sorted(set(overrides) - set(SCORING_KEYS))
         if bad:
@@ -242,20 +238,17 @@ def load_campaign_params(cfg: LeverConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m addmlib.levers PARAMS.yaml [--run-dir DIR]``: run (or resume) a lever campaign."""
-    parser = argparse.ArgumentParser(prog="python -m addmlib.levers", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m addmlib.levers", description=main.__doc__)
     parser.add_argument("params")
     parser.add_argument("--run-dir")
     args = parser.parse_args(argv)
+    return run_main(lambda: _campaign_cli(args.params, args.run_dir))
+
+
+def _campaign_cli(params_file: str, run_dir: str | None) -> int:
     started = dt.datetime.now(dt.timezone.utc)
-    try:
-        params = load_yaml(args.params)
-        if args.run_dir:
-            params["run_dir"] = args.run_dir
-        cfg = validate(LeverConfig, params, args.params)
-        base = load_campaign_params(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_checked(LeverConfig, [params_file], {"run_dir": run_dir} if run_dir else None)
+    base = load_campaign_params(cfg)  # everything is checked before anything runs
     rows = run_campaign(cfg, base, log=lambda m: print(m, flush=True))
     result = write_results(cfg.run_dir, rows, cfg, started)
     for e in result["summary"]:

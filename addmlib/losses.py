@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .diffusion import GaussianDiffusion, NoiseFn, gaussian_noise
+from .diffusion import GaussianDiffusion, NoiseFn, gaussian_noise, patch_noise
 from .nets import Discriminator
 
 
@@ -71,13 +71,16 @@ def sample_timesteps(batch: int, num_steps: int, device: torch.device,
 def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, lam: float,
                          discriminator: Discriminator | None = None, t: torch.Tensor | None = None,
                          noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
-                         adv_t_max: int | None = None, t_max: int | None = None) -> ADDMTerms:
+                         adv_t_max: int | None = None, t_max: int | None = None,
+                         patch_mask: torch.Tensor | None = None) -> ADDMTerms:
     """L_ADDM = L_DDPM + lambda * L_Adv for one batch x0 (B, C, H, W) in [-1, 1].
 
     With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
     required. ``adv_t_max`` restricts L_Adv to the samples with t <= adv_t_max (None: every t); ``t_max`` draws
     t ~ U{1..t_max} instead of U{1..T} (detection only ever noises to t*, so training may focus there). The discriminator's
     parameters would receive gradients from ``total`` too: the trainer freezes them during the U-Net's update.
+    ``patch_mask`` (B, 1, H, W; pDDPM): only the patch is noised, the rest of x_t is the clean x0; L_DDPM is the mean
+    over the patch, and D's real and fake x_{t-1} carry the same clean context.
     """
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam}")
@@ -86,8 +89,14 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
         t = sample_timesteps(b, min(t_max or diffusion.num_steps, diffusion.num_steps), x0.device, generator)
     eps = noise_fn(x0, generator)
     x_t = diffusion.q_sample(x0, t, eps)
+    if patch_mask is not None:
+        x_t = patch_noise(x0, x_t, patch_mask)
     eps_pred = model(x_t, t)
-    l_ddpm = ddpm_loss(eps_pred, eps)
+    if patch_mask is None:
+        l_ddpm = ddpm_loss(eps_pred, eps)
+    else:
+        sq = (eps_pred.float() - eps.float()) ** 2 * patch_mask
+        l_ddpm = sq.sum() / (patch_mask.sum() * eps.shape[1]).clamp(min=1.0)
     zero = torch.zeros((), device=x0.device)
     if lam == 0:
         return ADDMTerms(l_ddpm, l_ddpm, zero, t, x_t, None, None)
@@ -99,6 +108,8 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     fake_prev = mu_theta + post_var.sqrt() * noise_fn(x0, generator)
     # Real: forward-process x_{t-1}, drawn given the same x_t (marginally q(x_{t-1} | x_0)).
     real_prev = diffusion.q_posterior_sample(x0, x_t, t, noise_fn(x0, generator))
+    if patch_mask is not None:
+        fake_prev, real_prev = patch_noise(x0, fake_prev, patch_mask), patch_noise(x0, real_prev, patch_mask)
     cond = x_t if discriminator.config.conditional else None
     weight = None if adv_t_max is None else (t <= adv_t_max).float()
     l_adv = generator_adv_loss(discriminator(fake_prev, t, cond), weight)

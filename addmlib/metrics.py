@@ -7,6 +7,17 @@
   number of voxels; the error against the exact (sorted) values shrinks with the number of bins and is checked in
   the tests against scikit-learn.
 * ``calibrate_threshold``: the threshold with a chosen false-positive rate on *healthy* voxels.
+
+Contract for single-class inputs (a volume without lesion voxels, or with nothing but lesion):
+
+* AUROC and AUPRC rank lesion against non-lesion voxels: they are **undefined, NaN**, unless both classes are present
+  (``BinnedScores.auroc``/``auprc``). ``BinnedScores.warnings`` says why, for the per-volume tables.
+* Dice and IoU of an empty prediction against an empty ground truth are **1** (nothing to find, nothing claimed), in
+  ``overlap_metrics`` and in ``BinnedScores.best_dice`` alike: without lesion voxels the best Dice is 1, reached by
+  predicting nothing (the threshold returned is ``high``, the top of the histogram's range). Any false alarm on such
+  a volume gives Dice 0.
+* Summaries over volumes or slices (``mean_std``) leave NaN out: the mean and spread are over the volumes where the
+  metric is defined (all NaN: NaN).
 """
 
 from __future__ import annotations
@@ -94,8 +105,18 @@ class BinnedScores:
         fp = np.concatenate([[0], np.cumsum(self.neg[::-1])])
         return tp, fp
 
+    def warnings(self) -> list[str]:
+        """Why a ranking metric of these voxels is undefined (see the module's contract); empty when both classes
+        are present."""
+        if self.pos.sum() == 0:
+            return ["no lesion voxels: AUROC/AUPRC undefined (NaN); Dice/IoU are 1 only if nothing is predicted"]
+        if self.neg.sum() == 0:
+            return ["no non-lesion voxels: AUROC/AUPRC undefined (NaN)"]
+        return []
+
     def auroc(self) -> float:
-        """Area under the ROC curve (trapezoids between bin thresholds; ties within a bin count as half)."""
+        """Area under the ROC curve (trapezoids between bin thresholds; ties within a bin count as half); NaN
+        unless both classes are present."""
         p, n = self.pos.sum(), self.neg.sum()
         if p == 0 or n == 0:
             return float("nan")
@@ -103,9 +124,10 @@ class BinnedScores:
         return float(np.trapezoid(tp / p, fp / n))
 
     def auprc(self) -> float:
-        """Average precision: sum over thresholds of (R_k - R_{k-1}) P_k (scikit-learn's definition)."""
+        """Average precision: sum over thresholds of (R_k - R_{k-1}) P_k (scikit-learn's definition); NaN unless both
+        classes are present (with lesion voxels only it would be a trivial 1)."""
         p = self.pos.sum()
-        if p == 0:
+        if p == 0 or self.neg.sum() == 0:
             return float("nan")
         tp, fp = self._curve()
         tp, fp = tp[1:], fp[1:]
@@ -116,8 +138,11 @@ class BinnedScores:
         return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
 
     def best_dice(self) -> tuple[float, float]:
-        """(best Dice over all bin thresholds, that threshold)."""
+        """(best Dice over all bin thresholds, that threshold). Without lesion voxels: (1.0, ``high``): predicting
+        nothing matches the empty ground truth (Dice 1, as ``overlap_metrics`` says of empty vs empty)."""
         p = self.pos.sum()
+        if p == 0:
+            return 1.0, float(self.high)
         tp = np.cumsum(self.pos[::-1])[::-1]  # voxels >= edge i that are positive
         fp = np.cumsum(self.neg[::-1])[::-1]
         fn = p - tp

@@ -9,18 +9,23 @@ versions, git commit) and ``pipeline.json`` (per-notebook status and wall time o
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .config import NOTEBOOK_CONFIGS, PIPELINE_NOTEBOOKS, ConfigError, load_yaml, validate
+from jupyter_client.manager import AsyncKernelManager
+
+from .cli import ArgumentParser, run_main
+from .config import (NOTEBOOK_CONFIGS, PIPELINE_NOTEBOOKS, ConfigError, check_pipeline_parameters, load_yaml_files,
+                     validate)
 from .fileio import write_json_atomic
 from .provenance import write_run_record
 
@@ -70,24 +75,14 @@ def plan(params: Mapping[str, Any], notebooks: Sequence[str], run_dir: Path, sou
             validate(NOTEBOOK_CONFIGS[name], mine, f"{source} (for notebook {name})")
         steps.append(Step(name, path, mine))
     # A parameter for a pipeline notebook that is not run this time is fine (one file serves the whole pipeline);
-    # one that no pipeline notebook declares is a mistake.
-    for name in PIPELINE_NOTEBOOKS:
-        path = notebook_dir / f"{name}.ipynb"
-        if name not in notebooks and path.is_file():
-            used |= declared_parameters(path)
-    unknown = sorted(set(params) - used - {"run_dir"})
-    if unknown:
-        raise ConfigError(f"{source}: parameter(s) {', '.join(map(repr, unknown))} are declared by none of the "
-                          f"pipeline's notebooks; check the spelling")
+    # one that no pipeline notebook (nor a notebook run now) declares is a mistake.
+    check_pipeline_parameters(params, source, known=used | {"run_dir"})
     return steps
 
 
 def load_params(files: Sequence[str | Path]) -> dict[str, Any]:
     """Merge flat YAML parameter files; later files override earlier ones (like ``papermill -f a.yaml -f b.yaml``)."""
-    params: dict[str, Any] = {}
-    for f in files:
-        params.update(load_yaml(f))
-    return params
+    return load_yaml_files(files)[0]
 
 
 def run(params_files: str | Path | Sequence[str | Path], run_dir: str | Path | None = None,
@@ -133,14 +128,41 @@ def kernel_env(notebook: str) -> Iterator[None]:
             os.environ.pop(k, None)
 
 
+class IPCKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernel talks over ZeroMQ ``ipc`` (Unix sockets in a private 0700 temporary folder)
+    instead of TCP on localhost: no port is opened, and ipykernel has no reason to warn "Kernel is running over TCP
+    without encryption" at every start."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._ipc_dir = tempfile.mkdtemp(prefix="addm-kernel-")
+        kwargs.setdefault("transport", "ipc")
+        kwargs.setdefault("ip", os.path.join(self._ipc_dir, "kernel"))
+        super().__init__(**kwargs)
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if not restart:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+    cleanup_resources = _async_cleanup_resources
+
+
+def execute_notebook(notebook: Path, out: Path, params: Mapping[str, Any], cell_timeout: int) -> None:
+    """Execute ``notebook`` with ``params`` into ``out`` through papermill, in the notebook's folder, on an IPC kernel
+    (``IPCKernelManager``); raises papermill's error when a cell fails."""
+    import papermill
+
+    papermill.execute_notebook(str(notebook), str(out), parameters=dict(params), kernel_name="python3",
+                               cwd=str(notebook.parent), execution_timeout=cell_timeout, progress_bar=False,
+                               log_output=False, kernel_manager_class=IPCKernelManager)
+
+
 def run_params(params: Mapping[str, Any], run_dir: str | Path, notebooks: Sequence[str] | None = None,
                cell_timeout: int = 3600, source: str = "parameters") -> Path:
     """Execute ``notebooks`` (default: the whole pipeline) with ``params`` into ``run_dir``; returns the folder.
 
     ``source`` names where the parameters came from in error messages and in the run records.
     """
-    import papermill
-
     names = list(notebooks) if notebooks else list(PIPELINE_NOTEBOOKS)
     folder = Path(run_dir).resolve()
     steps = plan(params, names, folder, source)
@@ -162,9 +184,7 @@ def run_params(params: Mapping[str, Any], run_dir: str | Path, notebooks: Sequen
         t0 = time.perf_counter()
         try:
             with kernel_env(step.name):
-                papermill.execute_notebook(str(step.path), str(out), parameters=step.params, kernel_name="python3",
-                                           cwd=str(step.path.parent), execution_timeout=cell_timeout,
-                                           progress_bar=False, log_output=False)
+                execute_notebook(step.path, out, step.params, cell_timeout)
         except Exception as exc:
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                          wall_time_s=round(time.perf_counter() - t0, 2))
@@ -177,7 +197,7 @@ def run_params(params: Mapping[str, Any], run_dir: str | Path, notebooks: Sequen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m addmlib.pipeline", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m addmlib.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("params", nargs="+", help="flat YAML parameter file(s), e.g. params/demo.yaml; later files "
                         "override earlier ones (params/demo.yaml params/ddpm.yaml trains the DDPM baseline)")
     parser.add_argument("--run-dir", help="run folder (default: outputs/<first params file stem>)")
@@ -186,16 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cell-timeout", type=int, default=3600, help="seconds one cell may run (default 3600)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.notebooks.split(",")] if args.notebooks else None
-    try:
-        folder = run(args.params, args.run_dir, names, args.cell_timeout)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"[pipeline] done: {folder}")
-    return 0
+
+    def body() -> int:
+        print(f"[pipeline] done: {run(args.params, args.run_dir, names, args.cell_timeout)}")
+        return 0
+    return run_main(body, failures=(RuntimeError,))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ checkpoint). A failing cell is recorded with its notebook and error; the other c
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -33,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .config import AblationConfig, ConfigError, validate
+from .cli import ArgumentParser, run_main
+from .config import AblationConfig, ConfigError, check_pipeline_parameters, load_checked
 from .diffusion import resolve_steps, scale_t_star
 from .fileio import write_json_atomic
 from .pipeline import REPO_ROOT, NotebookFailed, load_params, run_params
@@ -250,6 +250,7 @@ def run_sweep(cfg: AblationConfig, sweep_dir: str | Path,
               progress: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
     """Prepare the data, run every unfinished cell, write ``sweep.json``; returns one record per cell."""
     sweep_dir = Path(sweep_dir).resolve()
+    check_cell_parameters(cfg, "sweep parameters")
     cells = grid(cfg, sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if cfg.engine == "local" and cfg.workers * cfg.threads_per_cell > (os.cpu_count() or 1) and progress:
@@ -419,26 +420,39 @@ def claims(df, split: str, metric: str = "auprc") -> list[dict[str, Any]]:
 
 
 def load_config(files: Iterable[str | Path], overrides: Mapping[str, Any] | None = None) -> AblationConfig:
-    """An AblationConfig from flat YAML files (later override earlier) and overrides; errors name the file."""
+    """An AblationConfig from flat YAML files (later override earlier) and overrides; errors name the file.
+
+    The cells' parameters are checked too, before anything runs: each ``base_params`` file must exist, and the
+    merged base files plus ``cell_params`` may only hold parameters of the pipeline's notebooks, of their types.
+    """
     files = list(files)
-    params = {**load_params(files), **(overrides or {})}
-    return validate(AblationConfig, params, " + ".join(map(str, files)) or "parameters")
+    cfg = load_checked(AblationConfig, files, overrides)
+    check_cell_parameters(cfg, " + ".join(map(str, files)) or "parameters")
+    return cfg
+
+
+def check_cell_parameters(cfg: AblationConfig, source: str) -> None:
+    """Every ``base_params`` file exists, and the base files plus ``cell_params`` hold only parameters of the
+    pipeline's notebooks, of their types (a ConfigError naming ``source`` otherwise). The grid's own values (lambda,
+    T, seed) are checked by each cell's notebooks: a bad one fails its cell alone."""
+    for p in cfg.base_params:
+        if not resolve_param_file(p).is_file():
+            raise ConfigError(f"{source}: base_params file {p!r} not found")
+    check_pipeline_parameters(base_parameters(cfg), f"{source} (base_params {' + '.join(cfg.base_params)} and "
+                                                    f"cell_params)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m addmlib.sweep", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m addmlib.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("params", nargs="+", help="YAML file(s) with notebooks/04_ablation.ipynb's parameters")
     parser.add_argument("--run-dir", required=True, help="the sweep folder (rerun with the same folder to resume)")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.params)
-        for p in cfg.base_params:
-            if not resolve_param_file(p).is_file():
-                raise ConfigError(f"{args.params}: base_params file {p!r} not found")
-        records = run_sweep(cfg, args.run_dir)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(lambda: _sweep_cli(args.params, args.run_dir))
+
+
+def _sweep_cli(files: Sequence[str], run_dir: str) -> int:
+    """``main`` after argument parsing: every parameter checked, then the sweep."""
+    records = run_sweep(load_config(files), run_dir)
     failed = [r["cell"] for r in records if r.get("status") != "ok"]
     print(f"[sweep] done: {len(records) - len(failed)} ok, {len(failed)} failed {failed if failed else ''}")
     return 1 if failed else 0

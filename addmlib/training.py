@@ -28,7 +28,6 @@ CPU, nccl on CUDA). Each rank takes a strided share of the same per-epoch permut
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -46,8 +45,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .config import TrainConfig, load_yaml, validate
+from .cli import ArgumentParser, run_main
+from .config import TrainConfig, load_checked
 from .data.augment import Augment
+from .diffusion import random_patch_masks
 from .fileio import atomic_path, write_json_atomic
 from .losses import addm_generator_terms, discriminator_step_loss
 from .models import CheckpointError, build_diffusion, build_discriminator, build_unet, load_checkpoint
@@ -63,7 +64,7 @@ ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise",
                      "simplex_persistence", "simplex_frequency", "coarse_spacing", "lambda_adv", "discriminator",
                      "unet_base_channels", "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions",
                      "unet_dropout", "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
-                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "train_t_max", "grad_clip",
+                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "train_t_max", "patch_size", "grad_clip",
                      "ema_decay", "amp", "augment", "seed")
 
 
@@ -166,21 +167,36 @@ class Trainer:
         self.step = int(ckpt["step"])
 
     def save(self) -> Path:
-        """Atomic checkpoint (rank 0); the previous checkpoint is kept as checkpoint-prev.pt."""
+        """Atomic checkpoint (rank 0); the previous checkpoint is kept as checkpoint-prev.pt.
+
+        The new checkpoint is written and synced to a temporary file first; only then is the old one renamed to
+        checkpoint-prev.pt and the new one into place. A crash or a full disk while writing leaves both checkpoints
+        as they were (the error names the file); a crash between the two renames leaves checkpoint-prev.pt, which
+        ``resume`` falls back to.
+        """
         path = self.out / CHECKPOINT
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             state = self.state()
-            if path.is_file():
-                os.replace(path, self.out / PREVIOUS)
             with atomic_path(path) as tmp:
                 torch.save(state, tmp)
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                if path.is_file():
+                    os.replace(path, self.out / PREVIOUS)
         return path
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary checkpoint files left by a process killed while writing (never a complete checkpoint)."""
+        if self.rank == 0 and self.out.is_dir():
+            for tmp in self.out.glob(f".{CHECKPOINT}.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def resume(self) -> bool:
         """Load the latest readable checkpoint of ``out``; False when there is none. A corrupt latest checkpoint
         falls back to the previous one, with a warning naming the corrupt file."""
         latest, previous = self.out / CHECKPOINT, self.out / PREVIOUS
+        self._remove_stale_temporaries()
         errors = []
         for path in (latest, previous):
             if not path.is_file():
@@ -232,10 +248,13 @@ class Trainer:
         x0 = self._batch()
         if self.disc is not None:
             self.disc.requires_grad_(False)  # D is judged, not trained, in the U-Net's update (unwrapped: no sync)
+        mask = (random_patch_masks(len(x0), cfg.image_size, cfg.patch_size, self.gen, x0) if cfg.patch_size
+                else None)
         with self._autocast():
             terms = addm_generator_terms(self.g_model, self.diffusion, x0, cfg.lambda_adv, self.disc, t=None,
                                          noise_fn=self._noise, generator=self.gen,
-                                         adv_t_max=cfg.adv_t_max or None, t_max=cfg.train_t_max or None)
+                                         adv_t_max=cfg.adv_t_max or None, t_max=cfg.train_t_max or None,
+                                         patch_mask=mask)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         self.scaler.unscale_(self.opt_g)
@@ -358,16 +377,19 @@ def _peak_memory_mb(device: torch.device) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """``[torchrun ...] python -m addmlib.training PARAMS.yaml --run-dir DIR``: train on ``DIR/data`` (prepared by
     notebooks/01_prepare_data.ipynb) with the training parameters of PARAMS.yaml."""
-    from .data.prepare import PreparedDataset
-
-    parser = argparse.ArgumentParser(prog="python -m addmlib.training", description=main.__doc__)
-    parser.add_argument("params")
+    parser = ArgumentParser(prog="python -m addmlib.training", description=main.__doc__)
+    parser.add_argument("params", help="a pipeline parameter file (e.g. params/demo.yaml); keys of the other "
+                        "pipeline notebooks are allowed, keys no notebook declares are refused")
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
-    params = load_yaml(args.params)
-    own = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = validate(TrainConfig, {**{k: v for k, v in params.items() if k in own}, "run_dir": args.run_dir},
-                   args.params)
+    return run_main(lambda: _train_cli(args.params, args.run_dir), failures=(CheckpointError, FileNotFoundError))
+
+
+def _train_cli(params_file: str, run_dir: str) -> int:
+    """``main`` after argument parsing: validate everything, then (and only then) train."""
+    from .data.prepare import PreparedDataset
+
+    cfg = load_checked(TrainConfig, [params_file], {"run_dir": run_dir}, pipeline=True)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         device = resolve_device(cfg.device)
@@ -376,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     try:
-        images = PreparedDataset(Path(args.run_dir) / "data").slices("train")["image"]
+        images = PreparedDataset(Path(run_dir) / "data").slices("train")["image"]
         result = train(cfg, images)
         if not distributed or dist.get_rank() == 0:
             print(json.dumps(result))

@@ -76,7 +76,8 @@ def test_registry_matches_sources_md():
     assert tumour == {"qtim_tumor2", "qtim_shape", "pyradiomics_brain1", "pyradiomics_brain2"}
     assert sources.SOURCES["qtim_tumor2"].mask_label == 1 and sources.SOURCES["qtim_shape"].mask_label == 9
     assert all(len(s.archive.sha256) == 64 for s in sources.SOURCES.values())
-    assert len([s for s in sources.SOURCES.values() if s.role == "healthy"]) == 10
+    assert len([s for s in sources.SOURCES.values() if s.role == "healthy"]) == 11  # 10 on PyPI + the Debian ITK scan
+    assert {n for n, s in sources.SOURCES.items() if s.archive.registry == "debian"} == {"itk_t1"}
 
 
 def _nii(path, shape=(8, 8, 8), value=1.0):

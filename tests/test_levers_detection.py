@@ -240,3 +240,53 @@ def test_summary_gives_mean_and_spread_over_seeds():
     assert out[0]["seeds"] == 2 and out[0]["auprc_mean"] == pytest.approx(0.2)
     assert out[0]["auprc_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1)) and out[1]["auprc_std"] == 0.0
     assert out[0]["auroc_min"] == 0.8 and out[0]["auroc_max"] == 0.9
+
+
+# ----- patch-wise noising (pDDPM) --------------------------------------------------------------------------------
+def test_patch_masks_cover_the_image_and_random_masks_are_squares():
+    from addmlib.diffusion import patch_masks, random_patch_masks
+
+    like = torch.zeros(1)
+    masks = patch_masks(16, 8, 4, like)
+    assert len(masks) == 9 and (sum(masks) >= 1).all()
+    assert len(patch_masks(10, 4, 4, like)) == 9  # 0, 4 and the border patch at 6
+    with pytest.raises(ValueError, match="patch"):
+        patch_masks(8, 9, 4, like)
+    m = random_patch_masks(5, 16, 6, torch.Generator().manual_seed(0), like)
+    assert m.shape == (5, 1, 16, 16) and (m.sum((1, 2, 3)) == 36).all()
+
+
+def test_patch_reconstruction_keeps_the_context_exactly():
+    from addmlib.diffusion import patch_masks
+
+    d = GaussianDiffusion(50)
+    x0 = torch.rand(2, 1, 16, 16) * 2 - 1
+    mask = patch_masks(16, 8, 8, x0)[0]
+    rec = d.reconstruct(_toy_model, x0, 30, steps=5, generator=torch.Generator().manual_seed(0), mask=mask)
+    assert torch.equal(rec[..., 8:, :], x0[..., 8:, :]) and torch.equal(rec[..., :, 8:], x0[..., :, 8:])
+    assert not torch.allclose(rec[..., :8, :8], x0[..., :8, :8])
+
+
+def test_patch_loss_only_counts_the_patch():
+    from addmlib.losses import addm_generator_terms
+
+    d = GaussianDiffusion(50)
+    x0 = torch.rand(3, 1, 8, 8) * 2 - 1
+    mask = torch.zeros(3, 1, 8, 8)
+    mask[..., :4, :4] = 1
+    seen = {}
+
+    def model(x, t):
+        seen["x"] = x
+        out = torch.zeros_like(x)
+        out[..., 4:, 4:] = 100.0  # a huge error outside the patch must not count
+        return out
+
+    g = torch.Generator().manual_seed(1)
+    terms = addm_generator_terms(model, d, x0, 0.0, patch_mask=mask, generator=g)
+    assert torch.equal(seen["x"][..., 4:, :], x0[..., 4:, :])  # context is clean
+    g2 = torch.Generator().manual_seed(1)
+    torch.randint(1, 51, (3,), generator=g2)  # the same draws as the loss: t, then eps
+    eps = torch.randn(x0.shape, generator=g2)
+    # the model predicts 0 inside the patch: the loss is the patch's mean eps^2; the 100s outside are ignored
+    assert terms.ddpm.item() == pytest.approx((eps[..., :4, :4] ** 2).mean().item(), rel=1e-5)

@@ -85,6 +85,38 @@ def read_volume(path: str | Path, allow_empty: bool = False) -> nib.Nifti1Image:
     raise VolumeError(f"{path}: unknown volume format (expected .nii, .nii.gz, .nrrd or .nhdr)")
 
 
+MIN_MASK_OVERLAP = 0.5
+"""Default least fraction of a mask's nonzero voxels that must lie inside its scan's field of view."""
+
+
+def fov_fraction(mask: nib.Nifti1Image, scan: nib.Nifti1Image) -> float:
+    """Fraction of the mask's nonzero voxels whose centres (placed in the world, mm, by the mask's affine) lie inside
+    the scan's field of view (its whole voxel grid, each voxel's full extent, placed by the scan's affine).
+
+    This is the overlap rule for masks and scans: the mask's *nonzero* voxels count, not its grid, so a lesion mask
+    on a larger or coarser grid is fine as long as the lesion itself lies inside the scan. NaN for an empty mask.
+    """
+    data = np.asarray(mask.dataobj)
+    idx = np.argwhere(data.reshape(data.shape[:3]) != 0)
+    if not len(idx):
+        return float("nan")
+    to_scan = np.linalg.inv(np.asarray(scan.affine, dtype=float)) @ np.asarray(mask.affine, dtype=float)
+    pos = idx @ to_scan[:3, :3].T + to_scan[:3, 3]
+    upper = np.asarray(scan.shape[:3], dtype=float) - 0.5
+    return float(np.all((pos >= -0.5) & (pos <= upper), axis=1).mean())
+
+
+def check_mask_overlap(mask: nib.Nifti1Image, mask_name: str | Path, scan: nib.Nifti1Image, scan_name: str | Path,
+                       min_fraction: float = MIN_MASK_OVERLAP) -> float:
+    """``fov_fraction`` of the mask in the scan; a VolumeError naming both files when below ``min_fraction``."""
+    fraction = fov_fraction(mask, scan)
+    if np.isfinite(fraction) and fraction < min_fraction:
+        raise VolumeError(f"{mask_name}: only {fraction:.1%} of the mask's nonzero voxels lie inside the field of "
+                          f"view of {scan_name} (at least {min_fraction:.0%} needed): its affine places it elsewhere "
+                          f"in the world; is it this scan's mask?")
+    return fraction
+
+
 def read_mask(path: str | Path, label: int | None = None) -> nib.Nifti1Image:
     """A label map as a boolean mask: voxels == ``label`` (or > 0 when label is None)."""
     img = read_volume(path)

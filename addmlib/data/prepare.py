@@ -27,13 +27,15 @@ import numpy as np
 
 from ..fileio import atomic_path, write_json_atomic
 from .datasets import DISK_LOADERS, Subject, packaged
-from .io import read_mask, read_volume
+from .io import MIN_MASK_OVERLAP, read_mask, read_volume
 from .lesions import paste_tumour, synthetic_lesion
 from .preprocess import Volume, add_brain_mask, brain_landmarks, finish, match_landmarks, select_slices, standardise
 from .sources import SOURCES, default_cache_dir, sha256_of
 
 DATA_FORMAT_VERSION = 1
 SPLITS = ("train", "val_healthy", "eval_a", "eval_b", "tune")
+FINGERPRINT_KEY = "__fingerprint__"
+"""The settings' fingerprint, stored in dataset.npz too: a manifest.json of another build is detected."""
 
 
 @dataclass(frozen=True)
@@ -57,29 +59,64 @@ class PrepareSettings:
     disk_folder_skull: bool = False
     histogram_standardisation: bool = True
     tune_hosts: tuple[str, ...] = ()
+    min_mask_overlap: float = MIN_MASK_OVERLAP
+    allow_empty_masks: bool = False
 
     def fingerprint(self) -> str:
-        blob = json.dumps({"v": DATA_FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        """Hash of the settings. Checks added later whose defaults build the same data (``_CHECK_FIELDS``) count
+        only when changed, so datasets built before them stay valid."""
+        values = asdict(self)
+        for name in _CHECK_FIELDS:
+            if values[name] == PrepareSettings.__dataclass_fields__[name].default:
+                del values[name]
+        blob = json.dumps({"v": DATA_FORMAT_VERSION, **values}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_subject(subject: Subject) -> Volume:
-    """The subject's scan and masks in native space, as a Volume (masks resampled onto the scan's grid if needed)."""
+_CHECK_FIELDS = ("min_mask_overlap", "allow_empty_masks")
+
+
+class EmptyMaskError(ValueError):
+    """A brain or lesion mask is empty after preprocessing; the message names the file. ``mask``: "brain"/"lesion"."""
+
+    def __init__(self, message: str, mask: str) -> None:
+        super().__init__(message)
+        self.mask = mask
+
+
+def load_subject(subject: Subject, min_mask_overlap: float = MIN_MASK_OVERLAP) -> tuple[Volume, dict[str, Any]]:
+    """The subject's scan and masks in native space, as a Volume (masks resampled onto the scan's grid if needed),
+    and what happened to the masks (``"lesion_resampled"``, ``"brain_resampled"``; see ``Volume.from_nifti_report``).
+
+    A mask with less than ``min_mask_overlap`` of its nonzero voxels inside the scan's field of view is a VolumeError
+    naming both files and the fraction."""
     img = read_volume(subject.image)
     lesion = read_mask(subject.lesion, subject.lesion_label) if subject.lesion else None
     brain = read_mask(subject.brain) if subject.brain else None
-    return Volume.from_nifti(img, brain, lesion)
+    names = {"image": str(subject.image), "lesion": str(subject.lesion), "brain": str(subject.brain)}
+    return Volume.from_nifti_report(img, brain, lesion, min_mask_overlap, names)
+
+
+def _brain_or_raise(brain: np.ndarray | None, subject: Subject, stage: str) -> None:
+    """An EmptyMaskError naming the brain mask's file (or the scan and the method) when ``brain`` is empty."""
+    if brain is None or not brain.any():
+        source = subject.brain if subject.brain_method == "given" else f"{subject.image} ({subject.brain_method})"
+        raise EmptyMaskError(f"{source}: the brain mask is empty {stage}", "brain")
 
 
 def prepare_subject(subject: Subject, size: int, strip_margin_mm: float, min_brain_fraction: float,
-                    cache_dir: Path | None = None) -> tuple[Volume, dict[str, Any]]:
+                    cache_dir: Path | None = None, min_mask_overlap: float = MIN_MASK_OVERLAP,
+                    allow_empty_masks: bool = False) -> tuple[Volume, dict[str, Any]]:
     """Preprocess one subject -> (N x N x Z volume, metadata for the manifest).
 
     The brain mask at 1 mm (the slow part: deepbet) is cached by the scan's checksum and the stripping settings, so
     preparing the same scans at another image size, or again, does not strip them again.
+
+    An empty brain mask after preprocessing is an EmptyMaskError; so is a tumour scan without a lesion voxel on its
+    selected slices, unless ``allow_empty_masks``: the scan is then kept and ``meta["warnings"]`` says so.
     """
     digest = sha256_of(subject.image)
-    raw = load_subject(subject)
+    raw, mask_report = load_subject(subject, min_mask_overlap)
     std = standardise(raw)
     key = hashlib.sha256(f"{DATA_FORMAT_VERSION}|{digest}|{subject.brain}|{subject.brain_method}|"
                          f"{strip_margin_mm}".encode()).hexdigest()[:16]
@@ -89,23 +126,44 @@ def prepare_subject(subject: Subject, size: int, strip_margin_mm: float, min_bra
             mask = np.unpackbits(z["bits"])[: int(np.prod(z["shape"]))].reshape(tuple(z["shape"])).astype(bool)
         std = add_brain_mask(replace(std, brain=mask), "given")
     else:
-        std = add_brain_mask(std, subject.brain_method, strip_margin_mm)
+        try:
+            std = add_brain_mask(std, subject.brain_method, strip_margin_mm)
+        except ValueError as exc:  # deepbet or the background threshold found no brain
+            raise EmptyMaskError(f"{subject.image}: no brain mask ({subject.brain_method}): {exc}", "brain") from None
         with atomic_path(cached) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, bits=np.packbits(std.brain), shape=np.array(std.brain.shape))
+    _brain_or_raise(std.brain, subject, "after resampling to 1 mm")
     vol = finish(std, size)
+    _brain_or_raise(vol.brain, subject, f"after resizing to {size} x {size}")
     meta: dict[str, Any] = {
         "id": subject.id, "dataset": subject.dataset, "role": subject.role, "image_path": str(subject.image),
         "image_sha256": digest, "brain_method": subject.brain_method,
         "native_shape": list(raw.image.shape), "native_affine": raw.affine.tolist(),
         "native_spacing_mm": [round(float(s), 4) for s in raw.spacing],
-        "slices": select_slices(vol.brain, min_brain_fraction).tolist(),
+        "slices": select_slices(vol.brain, min_brain_fraction).tolist(), **mask_report,
     }
     if vol.lesion is not None:
         # How much of the real tumour the brain mask kept (skull stripping can cut surface lesions).
         meta["lesion_inside_brain_fraction"] = round(float((std.lesion & std.brain).sum()
                                                            / max(std.lesion.sum(), 1)), 4)
+    if subject.role == "tumour":
+        _check_lesion(vol, meta, subject, allow_empty_masks)
     return vol, meta
+
+
+def _check_lesion(vol: Volume, meta: dict[str, Any], subject: Subject, allow_empty: bool) -> None:
+    """A tumour scan needs lesion voxels on its selected slices: else an EmptyMaskError, or with ``allow_empty`` a
+    warning in ``meta["warnings"]``."""
+    total = int(vol.lesion.sum()) if vol.lesion is not None else 0
+    on_slices = int(vol.lesion[:, :, meta["slices"]].sum()) if vol.lesion is not None else 0
+    if on_slices:
+        return
+    message = (f"{subject.lesion}: the lesion of tumour scan {subject.image} is empty after preprocessing "
+               f"({total} lesion voxels in the volume, none on its {len(meta['slices'])} selected slices)")
+    if not allow_empty:
+        raise EmptyMaskError(message, "lesion")
+    meta.setdefault("warnings", []).append(message)
 
 
 def subjects_for(settings: PrepareSettings, cache_dir: Path | None = None) -> dict[str, list[Subject]]:
@@ -155,7 +213,8 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
     manifest_path = out_dir / "manifest.json"
     if manifest_path.is_file() and (out_dir / "dataset.npz").is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("fingerprint") == settings.fingerprint():
+        if manifest.get("fingerprint") == settings.fingerprint() and \
+                _npz_fingerprint(out_dir / "dataset.npz") in (settings.fingerprint(), None):
             manifest["reused"] = True
             return manifest
     subjects = subjects_for(settings, cache_dir)
@@ -165,13 +224,16 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
     todo = [(split, s) for split in ("train", "val_healthy", "eval_a", "tune") for s in subjects[split]]
     todo += [("donor", packaged(n, cache_dir)) for n in settings.paste_donors if n not in settings.tumour_sources]
     wrap = progress if progress is not None else (lambda x, **_: x)
-    for split, subject in wrap(todo, desc="preprocessing"):
-        prepared[subject.id] = prepare_subject(subject, settings.image_size, settings.strip_margin_mm,
-                                               settings.min_brain_fraction, cache_dir)
+    skipped = _prepare_all(settings, todo, prepared, cache_dir, wrap)
+    todo = [(split, s) for split, s in todo if s.id in prepared]
+    train_ids = [s.id for s in subjects["train"] if s.id in prepared]
+    if subjects["train"] and not train_ids:
+        raise EmptyMaskError(f"no training scan left: all {len(subjects['train'])} have an empty brain mask ("
+                             f"{'; '.join(s['reason'] for s in skipped)})", "brain")
     reference = None
     if settings.histogram_standardisation:
         # Reference deciles from the training brains only; every volume (training ones too) is mapped onto them.
-        reference = np.mean([brain_landmarks(prepared[s.id][0]) for s in subjects["train"]], axis=0)
+        reference = np.mean([brain_landmarks(prepared[vid][0]) for vid in train_ids], axis=0)
         prepared = {k: (match_landmarks(v, reference), m) for k, (v, m) in prepared.items()}
     for split, subject in todo:
         if split in ("train", "val_healthy", "eval_a"):
@@ -195,9 +257,11 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
                 _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name,
                                                               lesion=asdict(info), synthetic=True))
     out_dir.mkdir(parents=True, exist_ok=True)
+    arrays[FINGERPRINT_KEY] = np.array(settings.fingerprint())  # ties dataset.npz to its manifest.json
     with atomic_path(out_dir / "dataset.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
+    warnings = [w for s in SPLITS for v in volumes[s] for w in v.get("warnings", [])]
     manifest = {
         "fingerprint": settings.fingerprint(), "format_version": DATA_FORMAT_VERSION, "settings": asdict(settings),
         "sources": {n: {"requirement": SOURCES[n].archive.requirement, "archive_sha256": SOURCES[n].archive.sha256,
@@ -211,6 +275,7 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
         "volumes": volumes,
         "counts": {s: {"volumes": len(volumes[s]), "slices": sum(len(v["slices"]) for v in volumes[s]),
                        "lesion_slices": sum(v.get("lesion_slices", 0) for v in volumes[s])} for s in SPLITS},
+        "warnings": warnings + [s["reason"] for s in skipped], "skipped": skipped,
         "notes": ["eval_b is synthetic: lesions inserted into held-out healthy hosts",
                   "tune is synthetic: the same kinds of lesion in tuning hosts (neither trained on nor in eval_b); "
                   "settings are chosen on it alone",
@@ -220,6 +285,29 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
     write_json_atomic(manifest_path, manifest)
     manifest["reused"] = False
     return manifest
+
+
+def _prepare_all(settings: PrepareSettings, todo: list[tuple[str, Subject]],
+                 prepared: dict[str, tuple[Volume, dict[str, Any]]], cache_dir: Path | None,
+                 wrap: Any) -> list[dict[str, str]]:
+    """Preprocess every subject of ``todo`` into ``prepared``; returns the scans left out for an empty brain mask
+    (only with ``allow_empty_masks``, and never a held-out host, tuning host or paste donor: those are needed)."""
+    needed = {*settings.holdout_hosts, *settings.tune_hosts, *settings.paste_donors}
+    skipped: list[dict[str, str]] = []
+    for split, subject in wrap(todo, desc="preprocessing"):
+        try:
+            prepared[subject.id] = prepare_subject(subject, settings.image_size, settings.strip_margin_mm,
+                                                   settings.min_brain_fraction, cache_dir, settings.min_mask_overlap,
+                                                   settings.allow_empty_masks and subject.id not in needed)
+        except EmptyMaskError as exc:
+            if subject.id in needed:
+                raise EmptyMaskError(f"{exc}; {subject.id} is a held-out host, tuning host or paste donor and "
+                                     f"cannot be left out", exc.mask) from None
+            if exc.mask == "lesion" or not settings.allow_empty_masks:
+                hint = "keeps the scan with a warning" if exc.mask == "lesion" else "leaves the scan out with a warning"
+                raise EmptyMaskError(f"{exc}; allow_empty_masks: true {hint}", exc.mask) from None
+            skipped.append({"id": subject.id, "split": split, "reason": f"{exc}: left out (allow_empty_masks)"})
+    return skipped
 
 
 def _store(arrays: dict[str, np.ndarray], volumes: dict[str, list[dict[str, Any]]], split: str, vid: str,
@@ -234,6 +322,15 @@ def _store(arrays: dict[str, np.ndarray], volumes: dict[str, list[dict[str, Any]
         entry["lesion_voxels"] = int(vol.lesion.sum())
         entry["lesion_slices"] = int((per_slice[meta["slices"]] > 0).sum())
     volumes[split].append(entry)
+
+
+def _npz_fingerprint(path: Path) -> str | None:
+    """The fingerprint stored in a dataset.npz (None: written before it was stored; "" when unreadable)."""
+    try:
+        with np.load(path) as z:
+            return str(z[FINGERPRINT_KEY]) if FINGERPRINT_KEY in z.files else None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return ""
 
 
 @dataclass
@@ -266,6 +363,11 @@ class PreparedDataset:
             self._npz = np.load(data)
         except (zipfile.BadZipFile, ValueError, OSError) as exc:
             raise ValueError(f"{data} is corrupt ({exc}); delete it and run the data preparation again") from None
+        stored = str(self._npz[FINGERPRINT_KEY]) if FINGERPRINT_KEY in self._npz.files else None
+        if stored is not None and stored != self.manifest.get("fingerprint"):
+            raise ValueError(f"{data} and {manifest} come from different builds (fingerprints {stored} and "
+                             f"{self.manifest.get('fingerprint')}; an interrupted write?): run the data preparation "
+                             f"again")
 
     def ids(self, split: str) -> list[str]:
         if split not in SPLITS:

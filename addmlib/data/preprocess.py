@@ -14,11 +14,14 @@ Axes after ``to_ras``: (x: left->Right, y: posterior->Anterior, z: inferior->Sup
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, Mapping
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from .io import MIN_MASK_OVERLAP, check_mask_overlap
 
 
 @dataclass
@@ -43,17 +46,46 @@ class Volume:
 
     @classmethod
     def from_nifti(cls, img: nib.Nifti1Image, brain: nib.Nifti1Image | None = None,
-                   lesion: nib.Nifti1Image | None = None) -> "Volume":
-        """From nibabel images; masks are resampled onto the image grid if theirs differs (nearest neighbour)."""
-        def on_grid(m: nib.Nifti1Image | None) -> np.ndarray | None:
-            if m is None:
-                return None
-            data = np.asarray(m.dataobj) > 0
-            if data.shape == img.shape[:3] and np.allclose(m.affine, img.affine, atol=1e-3):
-                return data
-            return to_grid(data.astype(np.float32), m.affine, img.affine, img.shape[:3], order=0) > 0.5
-        return cls(np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=float), on_grid(brain),
-                   on_grid(lesion))
+                   lesion: nib.Nifti1Image | None = None, min_overlap: float = MIN_MASK_OVERLAP,
+                   names: Mapping[str, str | Path] | None = None) -> "Volume":
+        """From nibabel images; masks are resampled onto the image grid if theirs differs (nearest neighbour).
+
+        A mask with less than ``min_overlap`` of its nonzero voxels inside the image's field of view is refused
+        (``io.check_mask_overlap``); ``names`` ("image", "brain", "lesion" -> file name) name them in that error.
+        """
+        return cls.from_nifti_report(img, brain, lesion, min_overlap, names)[0]
+
+    @classmethod
+    def from_nifti_report(cls, img: nib.Nifti1Image, brain: nib.Nifti1Image | None = None,
+                          lesion: nib.Nifti1Image | None = None, min_overlap: float = MIN_MASK_OVERLAP,
+                          names: Mapping[str, str | Path] | None = None) -> tuple["Volume", dict[str, Any]]:
+        """``from_nifti`` and, for each mask given, whether it was resampled (``"lesion_resampled"``,
+        ``"brain_resampled"``) and, when it was, the fraction of it inside the image (``"lesion_fov_fraction"``)."""
+        label = {"image": "image", "brain": "brain mask", "lesion": "lesion mask", **(names or {})}
+        arrays: dict[str, np.ndarray | None] = {"brain": None, "lesion": None}
+        report: dict[str, Any] = {}
+        for key, m in (("brain", brain), ("lesion", lesion)):
+            if m is not None:
+                arrays[key], fraction = mask_on_grid(m, img, min_overlap, label[key], label["image"])
+                report[f"{key}_resampled"] = fraction is not None
+                if fraction is not None:
+                    report[f"{key}_fov_fraction"] = round(fraction, 4)
+        vol = cls(np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=float), arrays["brain"],
+                  arrays["lesion"])
+        return vol, report
+
+
+def mask_on_grid(mask: nib.Nifti1Image, img: nib.Nifti1Image, min_overlap: float = MIN_MASK_OVERLAP,
+                 mask_name: str | Path = "mask", image_name: str | Path = "image") -> tuple[np.ndarray, float | None]:
+    """The mask (> 0) on the image's grid, and None when it already was on it, else the fraction of its nonzero
+    voxels inside the image (it is then resampled, nearest neighbour). Below ``min_overlap``: a VolumeError naming
+    both files (a mask whose affine puts it elsewhere would otherwise come out empty, silently)."""
+    data = np.asarray(mask.dataobj) > 0
+    if data.shape == img.shape[:3] and np.allclose(mask.affine, img.affine, atol=1e-3):
+        return data, None
+    fraction = check_mask_overlap(mask, mask_name, img, image_name, min_overlap)
+    on_grid = to_grid(data.astype(np.float32), mask.affine, img.affine, img.shape[:3], order=0) > 0.5
+    return on_grid, fraction if np.isfinite(fraction) else 0.0
 
 
 def to_grid(data: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: tuple[int, ...],
