@@ -384,6 +384,7 @@ class EvalConfig(RunConfig):
     channels_last: Literal["auto", "on", "off"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     patch_stride: int = 0
+    residual: Literal["abs", "positive"] = "abs"
 
     def check(self) -> None:
         super().check()
@@ -528,6 +529,7 @@ class LeverConfig(RunConfig):
     variant_scorings: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1)
     baselines: tuple[str, ...] = ("floor_intensity", "floor_median", "dae")
+    baseline_residuals: tuple[str, ...] = ("abs",)
     dae_steps: int = 1500
     slice_stride: int = 3
 
@@ -542,6 +544,9 @@ class LeverConfig(RunConfig):
                 raise ValueError(f"variant/scoring name {name!r} may only hold letters, digits, '_', '.', '-'")
         if self.dae_steps < 1 or self.slice_stride < 1:
             raise ValueError("dae_steps and slice_stride must be >= 1")
+        bad = [r for r in self.baseline_residuals if r not in ("abs", "positive")]
+        if bad or not self.baseline_residuals:
+            raise ValueError(f"baseline_residuals must hold 'abs' and/or 'positive', got {list(self.baseline_residuals)}")
         for name, chosen in self.variant_scorings.items():
             if name not in self.variants:
                 raise ValueError(f"variant_scorings names {name!r}, which is not a variant")

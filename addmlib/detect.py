@@ -21,6 +21,7 @@ from .diffusion import GaussianDiffusion, NoiseFn, SamplerName, gaussian_noise, 
 from .fileio import atomic_path
 
 ErrorName = Literal["abs", "squared"]
+Residual = Literal["abs", "positive"]
 
 
 @dataclass
@@ -59,7 +60,8 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
                  volume: np.ndarray, slices: np.ndarray, t_star: int | Sequence[int], steps: int | None = None,
                  sampler: SamplerName = "ddpm", noise_fn: NoiseFn = gaussian_noise, draws: int = 1,
                  batch_size: int = 16, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu", patch: tuple[int, int] | None = None) -> VolumeScore:
+                 device: torch.device | str = "cpu", patch: tuple[int, int] | None = None,
+                 residual: Residual = "abs") -> VolumeScore:
     """Reconstruct ``volume[:, :, k]`` for k in ``slices`` and return the maps, averaged over ``draws`` noise draws
     and, when ``t_star`` is a sequence, over those depths (the t* ensemble of pDDPM/cDDPM: mean of the maps).
 
@@ -67,7 +69,12 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
     the step t* -> 0 of the posterior q(x_0 | x_t*, x0_hat) returns x0_hat = (x_t* - sqrt(1 - abar) eps) / sqrt(abar).
     ``patch = (size, stride)``: pDDPM scoring of a patch-trained model: each patch of a grid covering the slice is
     noised and denoised with the clean rest of the slice as context; overlapping reconstructions are averaged.
+    ``residual``: the map is |x - x_hat| ("abs", either polarity) or max(x - x_hat, 0) ("positive": only what is
+    brighter than its reconstruction, the usual choice for hyperintense lesions, Baur et al. 2021); ``abs_error``
+    holds that map, ``squared_error`` is always (x - x_hat)^2 (AnoDDPM's protocol).
     """
+    if residual not in ("abs", "positive"):
+        raise ValueError(f"residual must be 'abs' or 'positive', got {residual!r}")
     if volume.ndim != 3:
         raise ValueError(f"expected an N x N x Z volume, got shape {volume.shape}")
     slices = np.asarray(slices, dtype=int)
@@ -94,7 +101,7 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
                 if patch:
                     x_hat /= sum(masks)
                 acc_rec += x_hat
-                acc_abs += (x0 - x_hat).abs()
+                acc_abs += (x0 - x_hat).abs() if residual == "abs" else (x0 - x_hat).clamp(min=0)
                 acc_sq += (x0 - x_hat) ** 2
         for arr, acc in ((rec, acc_rec), (err_abs, acc_abs), (err_sq, acc_sq)):
             arr[:, :, ks] = (acc / n)[:, 0].cpu().numpy().transpose(1, 2, 0)

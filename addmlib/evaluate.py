@@ -76,12 +76,13 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
 def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps: int, sampler: SamplerName,
                      noise: str, draws: int, batch_size: int, seed: int, device: torch.device,
                      channels_last: bool = False, amp: str = "off",
-                     patch_stride: int = 0) -> tuple[Scorer, dict[str, Any]]:
+                     patch_stride: int = 0, residual: str = "abs") -> tuple[Scorer, dict[str, Any]]:
     """A scorer (volume, slices) -> (reconstruction, |x - x_hat|, (x - x_hat)^2) for a trained diffusion model.
 
     ``t_star``: one depth, or several whose maps are averaged (an ensemble); ``amp``: "auto", "off", "bf16", "fp16"
     for the network's forward pass (``runtime.resolve_amp``; the diffusion maths stays fp32). A model trained with
-    ``patch_size`` is scored patch-wise (pDDPM) on a grid of ``patch_stride`` (0: half the patch)."""
+    ``patch_size`` is scored patch-wise (pDDPM) on a grid of ``patch_stride`` (0: half the patch). ``residual``:
+    "abs" (|x - x_hat|) or "positive" (max(x - x_hat, 0))."""
     unet, cfg = load_ema_unet(checkpoint, device)
     amp_choice = resolve_amp(amp, device)
     eps = fast_denoiser(unet, channels_last, amp_dtype(amp_choice))
@@ -97,14 +98,14 @@ def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps:
 
     def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         s = score_volume(eps, diffusion, vol.image, slices, depths, steps, sampler, noise_fn, draws, batch_size,
-                         gen, device, patch)
+                         gen, device, patch, residual)  # type: ignore[arg-type]
         return s.reconstruction, s.abs_error, s.squared_error
 
     info = {"kind": "diffusion", "checkpoint": str(checkpoint), "T": cfg.num_steps,
             "t_star": depths[0] if len(depths) == 1 else depths, "steps": resolve_steps(steps, max(depths)),
             "sampler": sampler, "noise": noise_name, "draws": draws,
             "lambda_adv": cfg.lambda_adv, "train_seed": cfg.seed, "eval_seed": seed, "channels_last": channels_last,
-            "amp": amp_choice, "patch": list(patch) if patch else None}
+            "amp": amp_choice, "patch": list(patch) if patch else None, "residual": residual}
     return score, info
 
 
@@ -260,10 +261,17 @@ BASELINE_LABELS = {"floor_intensity": "intensity floor (x itself)", "floor_media
 
 def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable[str], seed: int = 0,
                      ae_steps: int = 1500, dae_steps: int = 1500, dae_noise_std: float = 0.2,
-                     dae_noise_res: int = 16, amp: str = "off",
-                     progress: Callable[..., Any] | None = None) -> list[tuple[str, Scorer, dict[str, Any]]]:
+                     dae_noise_res: int = 16, amp: str = "off", progress: Callable[..., Any] | None = None,
+                     residual: str = "abs") -> list[tuple[str, Scorer, dict[str, Any]]]:
     """(name, scorer, info) for each baseline in ``names`` (keys of ``BASELINE_LABELS``), trained on the training
-    slices where they learn (cached in ``run_dir/models/<name>`` by data fingerprint and settings)."""
+    slices where they learn (cached in ``run_dir/models/<name>`` by data fingerprint and settings). ``residual``
+    ("abs" or "positive") is the autoencoders' map, as for the diffusion models; the floors are what they are."""
+
+    def maps(vol: PreparedVolume, slices: np.ndarray, rec: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, ...]:
+        diff = np.zeros_like(err)
+        diff[:, :, slices] = vol.image[:, :, slices] - rec[:, :, slices]
+        return rec, (np.clip(diff, 0, None) if residual == "positive" else err), diff ** 2
+
     out = []
     fingerprint = data.manifest.get("fingerprint", "")
     for name in names:
@@ -278,8 +286,7 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
                                          steps=ae_steps, seed=seed)
 
             def ae_scorer(vol: PreparedVolume, slices: np.ndarray, ae: Any = ae) -> tuple[np.ndarray, ...]:
-                rec, err = ae_error_maps(ae, vol.image, slices)
-                return rec, err, err ** 2
+                return maps(vol, slices, *ae_error_maps(ae, vol.image, slices))
             out.append((name, ae_scorer, {"kind": "autoencoder", **info}))
         elif name == "dae":
             dtype = amp_dtype(resolve_amp(amp, torch.device("cpu")))
@@ -288,8 +295,7 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
                                   amp=dtype, progress=progress)
 
             def dae_scorer(vol: PreparedVolume, slices: np.ndarray, dae: Any = dae) -> tuple[np.ndarray, ...]:
-                rec, err = dae_error_maps(dae, vol.image, slices, amp=dtype)
-                return rec, err, err ** 2
+                return maps(vol, slices, *dae_error_maps(dae, vol.image, slices, amp=dtype))
             out.append((name, dae_scorer, {"kind": "denoising autoencoder", **info}))
         else:
             raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINE_LABELS)}")

@@ -36,7 +36,7 @@ from .provenance import write_run_record
 from .runtime import resolve_device, set_threads
 from .training import model_dir, train
 
-SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride")
+SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride", "residual")
 METRICS = ("auroc", "auprc", "dice", "best_dice")
 
 
@@ -90,19 +90,25 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
         for name in cfg.baselines:
             if seed != cfg.seeds[0] and name not in ("ae", "dae"):
                 continue  # floors have no seed
-            key = {"baseline": name, "seed": seed, "data": data.manifest["fingerprint"], "stride": cfg.slice_stride,
-                   "dae_steps": cfg.dae_steps, "ae_steps": int(base.get("ae_steps", 1500))}
-            if (row := done(key)) is not None:
-                rows.append(row)
-                continue
-            t0 = time.perf_counter()
-            ((_, scorer, info),) = baseline_scorers(data, run_dir / "levers" / f"seed{seed}", [name], seed,
-                                                    int(base.get("ae_steps", 1500)), cfg.dae_steps,
-                                                    amp=str(base.get("amp", "auto")), progress=progress)
-            res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
-            save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed, "scoring": "-",
-                       **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1)})
-            log(f"{BASELINE_LABELS[name]} seed {seed}: {rows[-1]}")
+            for residual in (cfg.baseline_residuals if name in ("ae", "dae") else ("abs",)):
+                key = {"baseline": name, "seed": seed, "data": data.manifest["fingerprint"],
+                       "stride": cfg.slice_stride, "dae_steps": cfg.dae_steps,
+                       "ae_steps": int(base.get("ae_steps", 1500))}
+                if residual != "abs":
+                    key["residual"] = residual
+                if (row := done(key)) is not None:
+                    rows.append(row)
+                    continue
+                t0 = time.perf_counter()
+                ((_, scorer, info),) = baseline_scorers(data, run_dir / "levers" / f"seed{seed}", [name], seed,
+                                                        int(base.get("ae_steps", 1500)), cfg.dae_steps,
+                                                        amp=str(base.get("amp", "auto")), progress=progress,
+                                                        residual=residual)
+                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
+                save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed,
+                           "scoring": "-" if residual == "abs" else "positive residual",
+                           **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1)})
+                log(f"{BASELINE_LABELS[name]} seed {seed} {residual}: {rows[-1]}")
         for variant, overrides in cfg.variants.items():
             params = {k: v for k, v in {**base, **overrides}.items() if k in own}
             params.update(seed=seed, model_name=f"{variant}-s{seed}", run_dir=str(run_dir / "levers"),
@@ -127,7 +133,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                 scorer, info = diffusion_scorer(ckpt, depths, int(sc["sample_steps"]), sc["sampler"], "model",
                                                 int(sc["draws"]), int(base.get("eval_batch_size", 16)), seed, device,
                                                 device.type == "cpu", str(base.get("amp", "auto")),
-                                                int(sc.get("patch_stride", 0)))
+                                                int(sc.get("patch_stride", 0)), str(sc.get("residual", "abs")))
                 pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))
                 res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None)
                 save(key, {"kind": "diffusion", "variant": variant, "seed": seed, "scoring": scoring,

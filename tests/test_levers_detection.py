@@ -290,3 +290,45 @@ def test_patch_loss_only_counts_the_patch():
     eps = torch.randn(x0.shape, generator=g2)
     # the model predicts 0 inside the patch: the loss is the patch's mean eps^2; the 100s outside are ignored
     assert terms.ddpm.item() == pytest.approx((eps[..., :4, :4] ** 2).mean().item(), rel=1e-5)
+
+
+def test_positive_residual_keeps_only_what_is_brighter_than_its_reconstruction():
+    """eps = 0 and noise +1 / -1: x0_hat = x0 +/- sqrt((1 - abar) / abar); only the second leaves x above x_hat."""
+    d = GaussianDiffusion(100)
+    vol = np.random.default_rng(0).uniform(-0.2, 0.2, (8, 8, 3)).astype(np.float32)
+    zero_eps = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    for sign in (1.0, -1.0):
+        noise = lambda like, gen, s=sign: torch.full_like(like, s)  # noqa: E731
+        a = score_volume(zero_eps, d, vol, np.array([1]), 10, 1, noise_fn=noise)
+        p = score_volume(zero_eps, d, vol, np.array([1]), 10, 1, noise_fn=noise, residual="positive")
+        assert np.allclose(p.squared_error, a.squared_error) and a.abs_error[:, :, 1].min() > 0.1
+        if sign > 0:
+            assert not p.abs_error.any()
+        else:
+            assert np.allclose(p.abs_error, a.abs_error)
+    with pytest.raises(ValueError, match="residual must be"):
+        score_volume(zero_eps, d, vol, np.array([1]), 10, 1, residual="signed")
+
+
+def test_baseline_scorers_share_the_residual_rule(tmp_path):
+    from types import SimpleNamespace
+
+    from addmlib.evaluate import baseline_scorers
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (6, 16, 16)).astype(np.float32)
+    data = SimpleNamespace(manifest={"fingerprint": "f"}, slices=lambda split: {"image": images})
+    vol = SimpleNamespace(image=np.stack([images[0]] * 3, -1), brain=np.ones((16, 16, 3), bool))
+    scorers = {}
+    for residual in ("abs", "positive"):
+        ((name, scorer, info),) = baseline_scorers(data, tmp_path, ["dae"], dae_steps=2, dae_noise_res=4,
+                                                   residual=residual)
+        scorers[residual] = scorer(vol, np.array([0, 2]))
+    (rec, err_abs, sq), (rec2, err_pos, sq2) = scorers["abs"], scorers["positive"]
+    assert np.array_equal(rec, rec2) and np.allclose(sq, sq2)  # the same trained DAE (cached), same squared error
+    diff = vol.image - rec
+    assert np.allclose(err_abs[:, :, [0, 2]], np.abs(diff[:, :, [0, 2]]), atol=1e-6)
+    assert np.allclose(err_pos[:, :, [0, 2]], np.clip(diff[:, :, [0, 2]], 0, None), atol=1e-6)
+    assert not err_pos[:, :, 1].any() and not sq[:, :, 1].any()
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_scorers(data, tmp_path, ["vae"])
