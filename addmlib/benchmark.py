@@ -13,6 +13,9 @@ belong to that case alone):
   on the weights, which are random), batched or slice by slice, with a number of strided steps from t*.
 
 Timing is wall clock of whole steps after warm-up (CUDA synchronised), the median of the timed repeats.
+
+The notebook plans the cases (``*_cases``), runs them (``run_cases``), scores a run's trained models at several
+numbers of steps (``quality_curve``), and reads the rows with ``addmlib.bench_summary``.
 """
 
 from __future__ import annotations
@@ -391,6 +394,67 @@ def run_case(spec: Mapping[str, Any], timeout: int = 1800) -> dict[str, Any]:
     else:
         row.update(json.loads(lines[-1]))
     return row
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_cases(specs: Sequence[Mapping[str, Any]],
+              progress: Callable[[str], None] | None = _print) -> list[dict[str, Any]]:
+    """Each case in its own process (``run_case``), in order; ``progress`` gets one line per case: its label and the
+    process's wall time, or its error."""
+    rows = []
+    for spec in specs:
+        row = run_case(spec)
+        if progress:
+            progress(f"{spec['label']}: " + (row.get("error") or f"{row['process_wall_s']} s"))
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# quality against cost: trained models of a run, scored with the evaluation code at several numbers of steps
+# ---------------------------------------------------------------------------------------------------------------
+
+def missing_models(run_dir: str | Path, models: Sequence[str]) -> list[str]:
+    """The models of ``models`` without a ``model.json`` in ``run_dir`` (all of them named when the list is empty)."""
+    from .training import model_dir
+
+    if not models:
+        return ["(quality_models is empty)"]
+    return [m for m in models if not (model_dir(run_dir, m) / "model.json").is_file()]
+
+
+def quality_curve(cfg: Any, batch: int, device: torch.device,
+                  progress: Callable[[str], None] | None = _print) -> list[dict[str, Any]]:
+    """AUPRC, Dice and AUROC of each of ``cfg.quality_models`` (trained in ``cfg.quality_run_dir``) at each of
+    ``cfg.quality_steps`` strided steps from ``cfg.t_star``, on every ``cfg.quality_slice_stride``-th slice of
+    ``cfg.quality_set``, with notebook 03's evaluation (threshold at 5 % FPR on healthy brains, default
+    post-processing), and the scoring wall time. One row per model and steps."""
+    from .data.prepare import PreparedDataset
+    from .evaluate import PostProcessing, diffusion_scorer, evaluate_model, use_channels_last
+    from .training import model_dir
+
+    run = Path(cfg.quality_run_dir).resolve()
+    data, pp, rows = PreparedDataset(run / "data"), PostProcessing(), []
+    for name in cfg.quality_models:
+        ckpt = json.loads((model_dir(run, name) / "model.json").read_text())["checkpoint"]
+        for steps in cfg.quality_steps:
+            scorer, info = diffusion_scorer(ckpt, cfg.t_star, steps, "ddpm", "model", 1, batch, cfg.seed, device,
+                                            use_channels_last("auto", device))
+            t0 = time.perf_counter()
+            res, scored = evaluate_model(scorer, data, [cfg.quality_set], cfg.quality_slice_stride, 0.05, pp, False,
+                                         None)
+            wall = time.perf_counter() - t0
+            p, v = res[cfg.quality_set]["pooled"], res[cfg.quality_set]["per_volume_summary"]
+            rows.append({"model": name, "lambda_adv": info["lambda_adv"], "T": info["T"], "steps": info["steps"],
+                         "auprc": p["auprc"], "auprc_volume_mean": v["auprc"][0], "auprc_volume_std": v["auprc"][1],
+                         "dice": p["dice"], "auroc": p["auroc"], "wall_s": round(wall, 1),
+                         "slices": sum(len(x.slices) for xs in scored.values() for x in xs)})
+            if progress:
+                progress(str(rows[-1]))
+    return rows
 
 
 CASE_META: dict[str, Any] = {"case": str, "threads": int, "device": str, "malloc": bool, "label": str, "round": int}

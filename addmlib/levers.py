@@ -86,29 +86,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
         rows.append(row)
 
     own = {f.name for f in dataclasses.fields(TrainConfig)}
-    for seed in cfg.seeds:  # seed by seed, so that a first complete table comes early
-        for name in cfg.baselines:
-            if seed != cfg.seeds[0] and name not in ("ae", "dae"):
-                continue  # floors have no seed
-            for residual in (cfg.baseline_residuals if name in ("ae", "dae") else ("abs",)):
-                key = {"baseline": name, "seed": seed, "data": data.manifest["fingerprint"],
-                       "stride": cfg.slice_stride, "dae_steps": cfg.dae_steps,
-                       "ae_steps": int(base.get("ae_steps", 1500))}
-                if residual != "abs":
-                    key["residual"] = residual
-                if (row := done(key)) is not None:
-                    rows.append(row)
-                    continue
-                t0 = time.perf_counter()
-                ((_, scorer, info),) = baseline_scorers(data, run_dir / "levers" / f"seed{seed}", [name], seed,
-                                                        int(base.get("ae_steps", 1500)), cfg.dae_steps,
-                                                        amp=str(base.get("amp", "auto")), progress=progress,
-                                                        residual=residual)
-                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
-                save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed,
-                           "scoring": "-" if residual == "abs" else "positive residual",
-                           **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1)})
-                log(f"{BASELINE_LABELS[name]} seed {seed} {residual}: {rows[-1]}")
+    for seed in cfg.seeds:  # seed by seed, so that a first complete table comes early; models, then baselines
         for variant, overrides in cfg.variants.items():
             params = {k: v for k, v in {**base, **overrides}.items() if k in own}
             params.update(seed=seed, model_name=f"{variant}-s{seed}", run_dir=str(run_dir / "levers"),
@@ -141,6 +119,28 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                            "train_seconds": train_s if result.get("resumed_from") is None else None,
                            "amp": info["amp"], "steps_trained": result["step"]})
                 log(f"{variant} seed {seed} {scoring}: {rows[-1]}")
+        for name in cfg.baselines:
+            if seed != cfg.seeds[0] and name not in ("ae", "dae"):
+                continue  # floors have no seed
+            for residual in (cfg.baseline_residuals if name in ("ae", "dae") else ("abs",)):
+                key = {"baseline": name, "seed": seed, "data": data.manifest["fingerprint"],
+                       "stride": cfg.slice_stride, "dae_steps": cfg.dae_steps,
+                       "ae_steps": int(base.get("ae_steps", 1500))}
+                if residual != "abs":
+                    key["residual"] = residual
+                if (row := done(key)) is not None:
+                    rows.append(row)
+                    continue
+                t0 = time.perf_counter()
+                ((_, scorer, info),) = baseline_scorers(data, run_dir / "levers" / f"seed{seed}", [name], seed,
+                                                        int(base.get("ae_steps", 1500)), cfg.dae_steps,
+                                                        amp=str(base.get("amp", "auto")), progress=progress,
+                                                        residual=residual)
+                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
+                save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed,
+                           "scoring": "-" if residual == "abs" else "positive residual",
+                           **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1)})
+                log(f"{BASELINE_LABELS[name]} seed {seed} {residual}: {rows[-1]}")
     return rows
 
 

@@ -13,19 +13,19 @@ notebook. Cells run in parallel on a local process pool, or on a Dask distribute
 address such as ``tcp://host:8786`` or one from dask-jobqueue's Slurm/PBS clusters, or a ``LocalCluster`` when empty).
 A restarted sweep skips cells whose ``cell.json`` says "ok" and redoes the others (training resumes from its last
 checkpoint). A failing cell is recorded with its notebook and error; the other cells go on.
+
+This module only runs sweeps; ``addmlib.ablation`` reads their results and judges the paper's two claims.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import os
 import sys
 import time
 import traceback
-import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -37,8 +37,6 @@ from .config import AblationConfig, ConfigError, check_pipeline_parameters, load
 from .diffusion import resolve_steps, scale_t_star
 from .fileio import write_json_atomic
 from .pipeline import REPO_ROOT, NotebookFailed, load_params, run_params
-
-METRICS = ("auprc", "auroc", "dice", "best_dice")
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,8 @@ def grid(cfg: AblationConfig, sweep_dir: str | Path) -> list[Cell]:
     return cells
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON record at ``path``, or None when it is missing or unreadable (a cell interrupted mid-write)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -106,7 +105,7 @@ def cell_status(cell: Cell, record: dict[str, Any] | None = None) -> str:
     """"ok", "failed", "running" (or interrupted), "todo", or "stale" (finished with other settings: rerun).
 
     ``record``: the cell's ``cell.json`` if already read, else it is read here."""
-    record = _read_json(cell.folder / "cell.json") if record is None else record
+    record = read_json(cell.folder / "cell.json") if record is None else record
     if not record:
         return "todo"
     if record.get("fingerprint") != cell.fingerprint:
@@ -126,7 +125,7 @@ def _error_text(exc: BaseException) -> str:
 
 def _wall_times(run_dir: Path) -> dict[str, float]:
     """Seconds per executed notebook, summed over invocations (a resumed cell has several)."""
-    log = _read_json(run_dir / "pipeline.json") or {}
+    log = read_json(run_dir / "pipeline.json") or {}
     totals: dict[str, float] = {}
     for inv in log.get("invocations", []):
         for nb in inv.get("notebooks", []):
@@ -139,7 +138,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     """Train and evaluate one cell through its notebooks; never raises (errors are returned and recorded)."""
     folder = cell.folder
     record_path = folder / "cell.json"
-    previous = _read_json(record_path)
+    previous = read_json(record_path)
     same = bool(previous) and previous.get("fingerprint") == cell.fingerprint
     if same and previous.get("status") == "ok":
         return {**previous, "skipped": True}
@@ -257,7 +256,7 @@ def run_sweep(cfg: AblationConfig, sweep_dir: str | Path,
         progress(f"warning: workers x threads_per_cell = {cfg.workers * cfg.threads_per_cell} > "
                  f"{os.cpu_count()} cores; torch slows down badly when processes compete for cores")
     prepare_data(cfg, sweep_dir)
-    found = {c.name: _read_json(c.folder / "cell.json") for c in cells}
+    found = {c.name: read_json(c.folder / "cell.json") for c in cells}
     done = {c.name: found[c.name] for c in cells if cell_status(c, found[c.name]) == "ok"}
     todo = [c for c in cells if c.name not in done]
     if progress:
@@ -289,134 +288,6 @@ def _write_sweep(cfg: AblationConfig, sweep_dir: Path, cells: Sequence[Cell],
         "config": asdict(cfg),
         "cells": {c.name: {"status": records.get(c.name, {}).get("status", "todo"),
                            "error": records.get(c.name, {}).get("error")} for c in cells}})
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Results: one row per (cell, evaluation steps, set), then mean +- std over seeds, then the paper's two claims.
-# ---------------------------------------------------------------------------------------------------------------
-
-def results_frame(sweep_dir: str | Path, cfg: AblationConfig | None = None):
-    """A pandas DataFrame with one row per finished cell x evaluation (steps) x evaluation set.
-
-    With ``cfg``, only the cells of its grid that finished with its settings count (a folder may hold cells of an
-    earlier grid); without, every finished cell of the folder.
-    """
-    import pandas as pd
-
-    if cfg is not None:
-        wanted = {c.name: c.fingerprint for c in grid(cfg, sweep_dir)}
-        paths = [Path(sweep_dir) / "cells" / n / "cell.json" for n in sorted(wanted)]
-    else:
-        wanted, paths = {}, sorted((Path(sweep_dir) / "cells").glob("*/cell.json"))
-    rows = []
-    for path in paths:
-        rec = _read_json(path)
-        if not rec or rec.get("status") != "ok":
-            continue
-        if wanted and rec.get("fingerprint") != wanted[rec["cell"]]:
-            continue
-        train_s = sum(v for k, v in rec.get("notebook_wall_time_s", {}).items() if k.startswith("02_train"))
-        for ev in rec.get("evaluations", []):
-            metrics = _read_json(path.parent / ev["metrics"])
-            if metrics is None:
-                warnings.warn(f"{path.parent / ev['metrics']} is missing or unreadable: cell {rec['cell']} at "
-                              f"{ev['steps']} steps left out")
-                continue
-            (label, res), = metrics["results"].items()
-            info = metrics["models"][label]
-            for split, values in res.items():
-                if not split.startswith("eval_"):
-                    continue
-                pooled, per_vol = values["pooled"], values["per_volume_summary"]
-                rows.append({"cell": rec["cell"], "lambda_adv": rec["lambda_adv"], "num_steps": rec["num_steps"],
-                             "seed": rec["seed"], "t_star": rec["t_star"], "steps": ev["steps"], "split": split,
-                             **{m: pooled[m] for m in METRICS},
-                             "auprc_per_volume_mean": per_vol["auprc"][0],
-                             "train_wall_s": train_s, "eval_wall_s": info.get("wall_time_s", math.nan),
-                             "slices": info.get("slices_scored")})
-    return pd.DataFrame(rows)
-
-
-def summary_table(df, split: str, metric: str = "auprc", steps: int | None = None):
-    """Mean and std over seeds per (lambda, T) for one set; ``steps=None`` takes each cell's largest evaluation.
-
-    Columns: lambda_adv, num_steps, steps, n_seeds, <metric>_mean, <metric>_std (NaN with one seed), wall times.
-    """
-    import pandas as pd
-
-    if df.empty:
-        return pd.DataFrame(columns=["lambda_adv", "num_steps", "steps", "n_seeds", f"{metric}_mean",
-                                     f"{metric}_std"])
-    d = df[df["split"] == split]
-    if steps is None:
-        d = d[d["steps"] == d.groupby("cell")["steps"].transform("max")]
-    else:
-        d = d[d["steps"] == steps]
-    g = d.groupby(["lambda_adv", "num_steps", "steps"])
-    out = g.agg(n_seeds=("seed", "nunique"), mean=(metric, "mean"), std=(metric, "std"),
-                train_wall_s=("train_wall_s", "mean"), eval_wall_s=("eval_wall_s", "mean")).reset_index()
-    return out.rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_std"})
-
-
-def _verdict(diff: float, spread: float, n: int) -> str:
-    if n < 2 or not math.isfinite(spread):
-        return "undecided (one seed: no spread to compare with)"
-    if abs(diff) <= spread:
-        return "within the seed spread"
-    return "better" if diff > 0 else "worse"
-
-
-def claims(df, split: str, metric: str = "auprc") -> list[dict[str, Any]]:
-    """The paper's two claims on this sweep, each comparison with its difference and the seed spread.
-
-    Claim 1: at equal T and equal sampling steps, lambda > 0 beats lambda = 0. Claim 2: ADDM with T/2 (so half the
-    steps from the same relative depth t*/T) matches DDPM with T: compared at steps in the same 1:2 ratio when the
-    sweep evaluated such a pair, else at each cell's largest evaluation (said so in the row). Each claim-2 row also
-    carries the control DDPM with T/2 and the same steps as ADDM: if it does as well, the gain is not lambda's.
-    """
-    out: list[dict[str, Any]] = []
-    if df.empty:
-        return out
-    d = df[df["split"] == split]
-    stats = d.groupby(["lambda_adv", "num_steps", "steps"])[metric].agg(["mean", "std", "count"])
-    for (lam, T, steps), row in stats.iterrows():
-        if lam == 0 or (0.0, T, steps) not in stats.index:
-            continue
-        base = stats.loc[(0.0, T, steps)]
-        diff, spread = row["mean"] - base["mean"], max(row["std"], base["std"])
-        out.append({"claim": 1, "addm": f"λ={lam:g}, T={T}, {steps} steps", "ddpm": f"λ=0, T={T}, {steps} steps",
-                    "addm_mean": row["mean"], "ddpm_mean": base["mean"], "diff": diff, "seed_spread": spread,
-                    "verdict": _verdict(diff, spread, int(min(row["count"], base["count"])))})
-    Ts = sorted(d["num_steps"].unique())
-    for T_full in Ts:
-        T_half = T_full // 2
-        if T_half not in Ts or T_full % 2:
-            continue
-        ddpm_steps = sorted(stats.loc[(0.0, T_full)].index) if (0.0, T_full) in stats.index.droplevel(2) else []
-        for lam in sorted(d["lambda_adv"].unique()):
-            if lam == 0 or (lam, T_half) not in stats.index.droplevel(2):
-                continue
-            addm_steps = sorted(stats.loc[(lam, T_half)].index)
-            pairs = [(s, 2 * s) for s in addm_steps if 2 * s in ddpm_steps]
-            note = "steps in ratio 1:2"
-            if not pairs and addm_steps and ddpm_steps:
-                pairs, note = [(addm_steps[-1], ddpm_steps[-1])], "largest evaluation of each (not 1:2)"
-            for sa, sd in pairs:
-                a, b = stats.loc[(lam, T_half, sa)], stats.loc[(0.0, T_full, sd)]
-                diff, spread = a["mean"] - b["mean"], max(a["std"], b["std"])
-                # control: DDPM with the same T/2 and steps; tells a gain of lambda from a gain of fewer steps
-                row = {"claim": 2, "addm": f"λ={lam:g}, T={T_half}, {sa} steps",
-                       "ddpm": f"λ=0, T={T_full}, {sd} steps", "addm_mean": a["mean"], "ddpm_mean": b["mean"],
-                       "diff": diff, "seed_spread": spread, "note": note,
-                       "verdict": _verdict(diff, spread, int(min(a["count"], b["count"]))),
-                       "control_ddpm_same_T_and_steps_mean": math.nan, "control_verdict": "no control in the grid"}
-                if (0.0, T_half, sa) in stats.index:
-                    c = stats.loc[(0.0, T_half, sa)]
-                    row["control_ddpm_same_T_and_steps_mean"] = c["mean"]
-                    row["control_verdict"] = _verdict(a["mean"] - c["mean"], max(a["std"], c["std"]),
-                                                      int(min(a["count"], c["count"])))
-                out.append(row)
-    return out
 
 
 def load_config(files: Iterable[str | Path], overrides: Mapping[str, Any] | None = None) -> AblationConfig:

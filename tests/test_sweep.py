@@ -1,4 +1,4 @@
-"""The ablation sweep: grid, resumability, failure isolation, Dask engine, result tables and the claims."""
+"""The ablation sweep: grid, resumability, failure isolation, Dask engine (result tables and claims: test_ablation)."""
 
 import json
 import os
@@ -10,13 +10,11 @@ import time
 from pathlib import Path
 
 import nbformat
-import numpy as np
-import pandas as pd
 import papermill
 import pytest
 import yaml
 
-from addmlib import sweep
+from addmlib import ablation, sweep
 from addmlib.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,56 +65,6 @@ def test_sweep_config_errors_name_the_parameter(tmp_path):
                        "--run-dir", str(tmp_path / "s")]) == 2
 
 
-def test_a_cell_finished_with_other_settings_is_stale_and_left_out_of_the_results(tmp_path):
-    cfg = sweep.load_config([CI])
-    cell = sweep.grid(cfg, tmp_path)[0]
-    (cell.folder / "steps5").mkdir(parents=True)
-    metrics = {"results": {"m": {"eval_a": {"pooled": {m: 0.5 for m in sweep.METRICS},
-                                            "per_volume_summary": {"auprc": [0.5, 0.0]}}}},
-               "models": {"m": {"wall_time_s": 1.0, "slices_scored": 3}}}
-    (cell.folder / "steps5" / "metrics.json").write_text(json.dumps(metrics))
-    record = {"cell": cell.name, "status": "ok", "lambda_adv": 0.0, "num_steps": 50, "seed": 0, "t_star": 12,
-              "fingerprint": cell.fingerprint, "evaluations": [{"steps": 5, "metrics": "steps5/metrics.json"}]}
-    (cell.folder / "cell.json").write_text(json.dumps(record))
-    assert sweep.cell_status(cell) == "ok" and len(sweep.results_frame(tmp_path, cfg)) == 1
-    changed = sweep.load_config([write_params(tmp_path / "p.yaml", cell_params={"max_steps": 20})])
-    assert sweep.cell_status(sweep.grid(changed, tmp_path)[0]) == "stale"
-    assert sweep.results_frame(tmp_path, changed).empty, "numbers of other settings are not reported"
-
-
-def _frame(values: dict[tuple[float, int, int], list[float]]) -> pd.DataFrame:
-    rows = []
-    for (lam, T, steps), vals in values.items():
-        for seed, v in enumerate(vals):
-            rows.append({"cell": f"lam{lam:g}_T{T}_seed{seed}", "lambda_adv": lam, "num_steps": T, "seed": seed,
-                         "t_star": T // 4, "steps": steps, "split": "eval_a", "auprc": v, "auroc": v, "dice": v,
-                         "best_dice": v, "auprc_per_volume_mean": v, "train_wall_s": 10.0, "eval_wall_s": 5.0,
-                         "slices": 10})
-    return pd.DataFrame(rows)
-
-
-def test_summary_is_mean_and_std_over_seeds_one_row_per_lambda_and_T():
-    df = _frame({(0.0, 1000, 20): [0.10, 0.20], (0.05, 1000, 20): [0.30, 0.50], (0.05, 500, 10): [0.1, 0.1]})
-    t = sweep.summary_table(df, "eval_a").set_index(["lambda_adv", "num_steps"])
-    assert len(t) == 3 and set(t["n_seeds"]) == {2}
-    assert t.loc[(0.05, 1000), "auprc_mean"] == pytest.approx(0.4)
-    assert t.loc[(0.05, 1000), "auprc_std"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
-
-
-def test_claims_compare_against_the_seed_spread():
-    df = _frame({(0.0, 1000, 20): [0.10, 0.12], (0.5, 1000, 20): [0.30, 0.32], (0.5, 500, 10): [0.05, 0.2],
-                 (0.0, 500, 10): [0.11, 0.09]})
-    rows = sweep.claims(df, "eval_a")
-    one = {r["addm"]: r for r in rows if r["claim"] == 1}
-    assert one["λ=0.5, T=1000, 20 steps"]["verdict"] == "better"
-    assert one["λ=0.5, T=500, 10 steps"]["verdict"] == "within the seed spread"
-    two = [r for r in rows if r["claim"] == 2]
-    assert len(two) == 1 and two[0]["ddpm"] == "λ=0, T=1000, 20 steps" and two[0]["note"] == "steps in ratio 1:2"
-    assert two[0]["verdict"] == "within the seed spread"
-    assert two[0]["control_ddpm_same_T_and_steps_mean"] == pytest.approx(0.10), "DDPM at T=500, 10 steps"
-    assert two[0]["control_verdict"] == "within the seed spread"
-
-
 @pytest.mark.slow
 def test_2x2_sweep_on_a_dask_local_cluster_then_the_notebook(tmp_path, prepared):
     cfg = sweep.load_config([write_params(tmp_path / "p.yaml", engine="dask")])
@@ -127,7 +75,7 @@ def test_2x2_sweep_on_a_dask_local_cluster_then_the_notebook(tmp_path, prepared)
         assert (cell / "notebooks" / "02_train-model.ipynb").is_file()
         assert (cell / "notebooks" / "03_evaluate-steps5.ipynb").is_file()
         assert json.loads((cell / "steps5" / "metrics.json").read_text())["config"]["sample_steps"] == 5
-    table = sweep.summary_table(sweep.results_frame(tmp_path / "sweep"), "eval_a")
+    table = ablation.summary_table(ablation.results_frame(tmp_path / "sweep"), "eval_a")
     assert len(table) == 4 and {"auprc_mean", "auprc_std", "n_seeds"} <= set(table.columns)
     assert set(zip(table["lambda_adv"], table["num_steps"])) == {(0.0, 50), (0.0, 100), (0.05, 50), (0.05, 100)}
     # the notebook on the finished sweep: every cell is skipped, tables, plots and claims are produced

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -74,6 +74,13 @@ class PrepareSettings:
 
 
 _CHECK_FIELDS = ("min_mask_overlap", "allow_empty_masks")
+
+
+def settings_from_config(cfg: Any) -> PrepareSettings:
+    """The settings of a parameter set that names them as ``PrepareSettings`` does (``config.PrepareConfig``);
+    lists become tuples."""
+    values = {f.name: getattr(cfg, f.name) for f in fields(PrepareSettings) if hasattr(cfg, f.name)}
+    return PrepareSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 class EmptyMaskError(ValueError):
