@@ -82,6 +82,15 @@ def strided_timesteps(t_star: int, steps: int) -> list[int]:
     return out
 
 
+def oracle_eps(diffusion: "GaussianDiffusion", x0: torch.Tensor) -> EpsModel:
+    """The exact noise predictor for known data ``x0``: eps(x_t, t) = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t).
+    With it every sampler must return x0 (deterministic ones exactly): a check of the sampling maths."""
+    def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = diffusion.alphas_cumprod[t.cpu()].reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.device, x_t.dtype)
+        return (x_t - ab.sqrt() * x0[: len(x_t)]) / (1 - ab).sqrt()
+    return eps
+
+
 def resolve_steps(steps: int | None, t_star: int) -> int:
     """The one rule for the number of reverse steps from depth t*: None or 0 = every step (t*), otherwise
     min(steps, t*). ``steps = 1`` is the one-step estimate x0_hat."""

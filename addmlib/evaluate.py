@@ -17,6 +17,8 @@ For each model:
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -26,14 +28,15 @@ import numpy as np
 import torch
 
 from .baselines import ae_error_maps, dae_error_maps, intensity_floor, median_floor, train_autoencoder, train_dae
+from .config import EvalConfig
 from .data.prepare import PreparedDataset, PreparedVolume
 from .detect import fast_denoiser, score_volume, to_native_nifti
 from .diffusion import GaussianDiffusion, SamplerName, resolve_steps
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
+from .models import build_diffusion, load_ema_unet, model_dir
 from .noise import noise_from_config
 from .post_processing import median_filter, remove_small_components, restrict_to_brain
 from .runtime import amp_dtype, resolve_amp
-from .models import build_diffusion, load_ema_unet
 
 SCORE_RANGE = (0.0, 2.0)  # |x - x_hat| for images in [-1, 1]
 
@@ -300,3 +303,51 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
         else:
             raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINE_LABELS)}")
     return out
+
+
+def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torch.device,
+                 progress: Callable[..., Any] | None = None,
+                 log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Evaluate every model of ``cfg.models`` (trained under ``<run_dir>/models/``) and every baseline of
+    ``cfg.baselines`` on ``cfg.eval_sets`` with the protocol of ``evaluate_model``; NIfTI maps under ``out/maps``.
+
+    Returns (results, infos, scored set-A volumes), each keyed by the row label of the model or baseline.
+    """
+    pp = PostProcessing(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels)
+    run_dir = Path(cfg.run_dir).resolve()
+    results: dict[str, Any] = {}
+    infos: dict[str, Any] = {}
+    scored_a: dict[str, Any] = {}
+    for name in cfg.models:
+        model_json = model_dir(run_dir, name) / "model.json"
+        if not model_json.is_file():
+            raise FileNotFoundError(f"model {name!r}: {model_json} not found; train it with notebooks/02_train.ipynb "
+                                    f"(model_name = {name!r}) or remove it from `models`")
+        scorer, info = diffusion_scorer(json.loads(model_json.read_text())["checkpoint"],
+                                        list(cfg.t_star_ensemble) or cfg.t_star, cfg.sample_steps, cfg.sampler,
+                                        cfg.eval_noise, cfg.draws, cfg.eval_batch_size, cfg.seed, device,
+                                        use_channels_last(cfg.channels_last, device), cfg.amp, cfg.patch_stride,
+                                        cfg.residual)
+        t0 = time.perf_counter()
+        res, scored = evaluate_model(scorer, data, cfg.eval_sets, cfg.slice_stride, cfg.fpr, pp, cfg.anoddpm_protocol,
+                                     out / "maps" / name if cfg.write_nifti else None, progress)
+        info.update(wall_time_s=round(time.perf_counter() - t0, 1), name=name,  # name: the maps folder (05 reads it)
+                    slices_scored=sum(len(v.slices) for vs in scored.values() for v in vs))
+        label = (f"{name} (λ={info['lambda_adv']}, T={info['T']}, {info['noise']} noise, t*={info['t_star']}, "
+                 f"{info['steps']} steps)")
+        results[label], infos[label], scored_a[label] = res, info, scored.get("eval_a", [])
+        log(f"{label}: {info['slices_scored']} slices in {info['wall_time_s']} s; threshold {res['threshold']:.3f} "
+            f"(set A), leave-one-host-out {res['thresholds_without_host']}")
+    for name, scorer, info in baseline_scorers(data, run_dir, cfg.baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,
+                                               cfg.dae_noise_std, cfg.dae_noise_res, cfg.amp, progress, cfg.residual):
+        t0 = time.perf_counter()
+        floor = name.startswith("floor")
+        res, scored = evaluate_model(scorer, data, cfg.eval_sets, cfg.slice_stride, cfg.fpr, pp, cfg.anoddpm_protocol,
+                                     out / "maps" / name if cfg.write_nifti and not floor else None, progress)
+        label = BASELINE_LABELS[name]
+        results[label] = res
+        if not floor:  # the montage shows reconstructions; a floor has none
+            scored_a[label] = scored.get("eval_a", [])
+        infos[label] = {**info, "name": name, "wall_time_s": round(time.perf_counter() - t0, 1)}
+        log(f"{label}: threshold {res['threshold']:.3f}")
+    return results, infos, scored_a

@@ -18,6 +18,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the current configuration."""
 
 
+def model_dir(run_dir: str | Path, model_name: str) -> Path:
+    """Where a model's checkpoints, log and record live: ``<run_dir>/models/<model_name>``."""
+    return Path(run_dir).resolve() / "models" / model_name
+
+
 def unet_config(cfg: ModelConfig) -> UNetConfig:
     """The U-Net's sizes of a model definition."""
     return UNetConfig(base_channels=cfg.unet_base_channels, channel_mult=tuple(cfg.unet_channel_mult),

@@ -137,6 +137,12 @@ class CoarseNoise:
         return field.reshape(b, c, h, w).to(like.dtype)
 
 
+def lag1_correlation(field: torch.Tensor) -> float:
+    """Mean correlation between horizontally adjacent pixels, sum f[x] f[x+1] / sum f^2 (0 for white noise; near 1
+    for smooth fields)."""
+    return float((field[..., 1:] * field[..., :-1]).mean() / (field * field).mean())
+
+
 def make_noise(name: NoiseName, octaves: int = 6, persistence: float = 0.8, frequency: float = 64.0,
                coarse_spacing: int = 8) -> NoiseFn:
     """The noise sampler by name: ``noise_fn(like, generator) -> tensor shaped like ``like``."""

@@ -51,7 +51,7 @@ from .data.augment import Augment
 from .diffusion import random_patch_masks
 from .fileio import atomic_path, write_json_atomic
 from .losses import addm_generator_terms, discriminator_step_loss
-from .models import CheckpointError, build_diffusion, build_discriminator, build_unet, load_checkpoint
+from .models import CheckpointError, build_diffusion, build_discriminator, build_unet, load_checkpoint, model_dir
 from .noise import noise_from_config
 from .provenance import write_run_record
 from .runtime import amp_dtype, describe_cpu, resolve_amp, resolve_device, set_threads
@@ -66,11 +66,6 @@ ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise",
                      "unet_dropout", "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
                      "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "train_t_max", "patch_size", "grad_clip",
                      "ema_decay", "amp", "augment", "seed")
-
-
-def model_dir(run_dir: str | Path, model_name: str) -> Path:
-    """Where a model's checkpoints, log and record live: ``<run_dir>/models/<model_name>``."""
-    return Path(run_dir).resolve() / "models" / model_name
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -170,3 +170,20 @@ def test_t_star_scales_with_T():
     assert scale_t_star(250, 1000) == 250
     assert scale_t_star(250, 500) == 125
     assert scale_t_star(200, 300) == 60
+
+
+def test_oracle_eps_makes_ddim_return_the_data():
+    from addmlib.diffusion import GaussianDiffusion, oracle_eps, strided_timesteps
+
+    d = GaussianDiffusion(100)
+    x0 = (torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).double()
+    out = d.denoise(oracle_eps(d, x0), d.q_sample(x0, 60), strided_timesteps(60, 7), sampler="ddim")
+    assert torch.allclose(out, x0, atol=1e-9)
+
+
+def test_lag1_correlation_of_white_and_smooth_fields():
+    from addmlib.noise import CoarseNoise, lag1_correlation
+
+    g = torch.Generator().manual_seed(0)
+    assert abs(lag1_correlation(torch.randn(8, 1, 32, 32, generator=g))) < 0.05
+    assert lag1_correlation(CoarseNoise(8)(torch.empty(8, 1, 32, 32), g)) > 0.9

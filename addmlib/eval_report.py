@@ -1,0 +1,121 @@
+"""What notebooks/03_evaluate.ipynb shows of an evaluation: Table-1-style tables with the floors beside every model,
+the AnoDDPM protocol table, ROC/PR curves, the set-A montage and the reading of the result in words."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .data.report import SPLIT_TITLES
+from .evaluate import BASELINE_LABELS, ScoredVolume
+from .verdict import verdict
+from .visualization.slices import show_slice
+
+Results = Mapping[str, Mapping[str, Any]]
+
+
+def _fmt(m: float, s: float | None = None) -> str:
+    return f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}"
+
+
+def metrics_table(results: Results, split: str, fpr: float) -> str:
+    """Markdown: one row per model or baseline, pooled metrics at the healthy-calibrated threshold, Dice per volume."""
+    rows = ["| model | Dice | AUC | IoU | Precision | Recall | AUPRC | best Dice (test-tuned) | Dice per volume |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for label, res in results.items():
+        p, v = res[split]["pooled"], res[split]["per_volume_summary"]
+        name = f"*{label}*" if label in BASELINE_LABELS.values() else label
+        rows.append(f"| {name} | {_fmt(p['dice'])} | {_fmt(p['auroc'])} | {_fmt(p['iou'])} | {_fmt(p['precision'])} | "
+                    f"{_fmt(p['recall'])} | {_fmt(p['auprc'])} | {_fmt(p['best_dice'])} | {_fmt(*v['dice'])} |")
+    return (f"**{SPLIT_TITLES.get(split, split)}** — pooled over all scored brain voxels; Dice/IoU/precision/recall "
+            f"at the threshold with {fpr:.0%} FPR on healthy brains (set B: on the other host); last column mean ± "
+            f"std over volumes; baselines and floors in italics.\n\n" + "\n".join(rows))
+
+
+def anoddpm_table(results: Results, splits: Sequence[str]) -> str:
+    """Markdown: AnoDDPM's protocol (squared error >= 0.5, per-slice AUC over lesion slices)."""
+    rows = ["| model | set | Dice | IoU | Precision | Recall | per-slice AUC |", "|---|---|---|---|---|---|---|"]
+    for label, res in results.items():
+        for split in splits:
+            a = res[split]["anoddpm"]
+            rows.append(f"| {label} | {split} | {_fmt(a['dice'])} | {_fmt(a['iou'])} | {_fmt(a['precision'])} | "
+                        f"{_fmt(a['recall'])} | {_fmt(*a['per_slice_auroc'])} |")
+    return ("**AnoDDPM protocol** (squared error ≥ 0.5, per-slice AUC over lesion slices; precision and recall as "
+            "defined — AnoDDPM's own code swaps them):\n\n" + "\n".join(rows))
+
+
+def curves_figure(results: Results, splits: Sequence[str]) -> plt.Figure:
+    """ROC and precision-recall curves of every model and baseline, one row per split."""
+    fig, axes = plt.subplots(len(splits), 2, figsize=(9, 3.6 * len(splits)), squeeze=False)
+    for r, split in enumerate(splits):
+        for label, res in results.items():
+            ls = "--" if label in BASELINE_LABELS.values() else "-"
+            fpr_, tpr_ = res[split]["curves"]["roc"]
+            rec_, prec_ = res[split]["curves"]["pr"]
+            axes[r, 0].plot(fpr_, tpr_, ls, label=f"{label} (AUC {res[split]['pooled']['auroc']:.3f})")
+            axes[r, 1].plot(rec_, prec_, ls, label=f"{label} (AP {res[split]['pooled']['auprc']:.3f})")
+        axes[r, 0].plot([0, 1], [0, 1], "k:", lw=0.8)
+        axes[r, 0].set(title=f"{split}: ROC", xlabel="false-positive rate", ylabel="true-positive rate")
+        axes[r, 1].set(title=f"{split}: precision–recall", xlabel="recall", ylabel="precision")
+        for a in axes[r]:
+            a.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def montage_figure(scored: Mapping[str, Sequence[ScoredVolume]]) -> plt.Figure | None:
+    """Per volume (rows), at its slice with the most lesion: input, ground truth, then reconstruction and map of each
+    model (same map colour scale for all); None when nothing was scored."""
+    labels = [label for label in scored if scored[label]]
+    if not labels:
+        return None
+    n_vol = len(scored[labels[0]])
+    cols = 2 + 2 * len(labels)
+    fig, axes = plt.subplots(n_vol, cols, figsize=(1.8 * cols, 1.9 * n_vol), squeeze=False)
+    vmax = max(float(np.percentile(v.amap[v.brain], 99.5)) if v.brain.any() else 1.0
+               for label in labels for v in scored[label])
+    for i in range(n_vol):
+        ref = scored[labels[0]][i]
+        k = int(np.argmax(ref.lesion.sum((0, 1))))
+        show_slice(axes[i, 0], ref.image[:, :, k], title=f"{ref.id}: input" if i == 0 else ref.id)
+        show_slice(axes[i, 1], ref.lesion[:, :, k].astype(float), vmin=0, vmax=1, title="ground truth")
+        for j, label in enumerate(labels):
+            v = scored[label][i]
+            short = label.split(" (")[0]
+            show_slice(axes[i, 2 + 2 * j], v.reconstruction[:, :, k], title=f"{short}: recon" if i == 0 else None)
+            show_slice(axes[i, 3 + 2 * j], v.amap[:, :, k], cmap="inferno", vmin=0, vmax=vmax,
+                       title=f"{short}: map" if i == 0 else None, contour=v.lesion[:, :, k], contour_colour="c")
+    fig.tight_layout()
+    return fig
+
+
+def reading(results: Results, infos: Mapping[str, Mapping[str, Any]], splits: Sequence[str]) -> str:
+    """The result in words: ADDM against DDPM (pooled AUPRC, read against the per-volume spread) and every model
+    against the intensity floor."""
+    lines = []
+    diffusion = [label for label in results if infos[label].get("kind") == "diffusion"]
+    addm = [label for label in diffusion if infos[label]["lambda_adv"] > 0]
+    ddpm = [label for label in diffusion if infos[label]["lambda_adv"] == 0]
+    floor = BASELINE_LABELS["floor_intensity"]
+    for split in splits:
+        for a in addm:
+            for d in ddpm:
+                pa, pd = results[a][split]["pooled"]["auprc"], results[d][split]["pooled"]["auprc"]
+                (ma, sa), (md, sd) = (results[x][split]["per_volume_summary"]["auprc"] for x in (a, d))
+                word = verdict(pa - pd, max(sa, sd), spread_name="per-volume spread")
+                lines.append(f"- {split}: {a} pooled AUPRC {pa:.3f} vs {d} {pd:.3f} → ADDM vs DDPM: **{word}** "
+                             f"(per-volume AUPRC {ma:.3f} ± {sa:.3f} vs {md:.3f} ± {sd:.3f}).")
+        if floor not in results:
+            continue
+        f = results[floor][split]["pooled"]
+        for label in results:
+            if label == floor:
+                continue
+            p = results[label][split]["pooled"]
+            beats = "beats" if p["auprc"] > f["auprc"] else "does **not** beat"
+            lines.append(f"- {split}: {label} {beats} the intensity floor (AUPRC {p['auprc']:.3f} vs "
+                         f"{f['auprc']:.3f}, AUROC {p['auroc']:.3f} vs {f['auroc']:.3f}).")
+    return ("One training seed per model, one evaluation seed; the spread is across volumes, not seeds (the ablation "
+            "and lever notebooks repeat training over seeds).\n\n" + "\n".join(lines))
