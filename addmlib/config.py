@@ -209,14 +209,25 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(RunConfig):
+class DepthConfig(RunConfig):
+    """The noising depth t* of detection, declared once for the model, the evaluation and the benchmark."""
+
+    t_star: int = 250
+
+    def check(self) -> None:
+        super().check()
+        if self.t_star < 1:
+            raise ValueError(f"t_star must be >= 1, got {self.t_star}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(DepthConfig):
     """The diffusion model's definition: schedule, noise, networks, loss weight (shared by method and training)."""
 
     device: str = "auto"
     image_size: int = 64
     num_steps: int = 1000
     schedule: Literal["linear", "cosine"] = "linear"
-    t_star: int = 250
     noise: Literal["gaussian", "simplex", "coarse"] = "gaussian"
     simplex_octaves: int = 6
     simplex_persistence: float = 0.8
@@ -244,7 +255,7 @@ class ModelConfig(RunConfig):
             raise ValueError(f"image_size {self.image_size} must be divisible by 2^(len(unet_channel_mult) - 1)")
         if self.num_steps < 2:
             raise ValueError(f"num_steps (T) must be >= 2, got {self.num_steps}")
-        if not 1 <= self.t_star <= self.num_steps:
+        if self.t_star > self.num_steps:
             raise ValueError(f"t_star must be in [1, num_steps={self.num_steps}], got {self.t_star}")
         if self.lambda_adv < 0:
             raise ValueError(f"lambda_adv must be >= 0, got {self.lambda_adv}")
@@ -355,7 +366,7 @@ class TrainConfig(ModelConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig(RunConfig):
+class EvalConfig(DepthConfig):
     """notebooks/03_evaluate.ipynb: anomaly maps, thresholds calibrated on healthy data, Table-1-style metrics."""
 
     device: str = "auto"
@@ -365,7 +376,6 @@ class EvalConfig(RunConfig):
     dae_steps: int = 1500
     dae_noise_std: float = 0.2
     dae_noise_res: int = 16
-    t_star: int = 250
     t_star_ensemble: tuple[int, ...] = ()
     sample_steps: int = 50
     sampler: Literal["ddpm", "ddim"] = "ddpm"
@@ -390,7 +400,7 @@ class EvalConfig(RunConfig):
         super().check()
         if self.patch_stride < 0:
             raise ValueError(f"patch_stride must be >= 0 (0 = half the model's patch), got {self.patch_stride}")
-        for name in ("ae_steps", "dae_steps", "dae_noise_res", "t_star", "sample_steps", "draws", "eval_batch_size",
+        for name in ("ae_steps", "dae_steps", "dae_noise_res", "sample_steps", "draws", "eval_batch_size",
                      "slice_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -465,7 +475,7 @@ class AblationConfig(RunConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchConfig(RunConfig):
+class BenchConfig(DepthConfig):
     """notebooks/06_benchmark.ipynb: speed and memory against a peer (diffusers), this machine's peak, volume scoring
     cost, the fast path's switches, and the quality-cost curve of the trained models of ``quality_run_dir``.
 
@@ -489,7 +499,6 @@ class BenchConfig(RunConfig):
     volume_sizes: tuple[int, ...] = (64, 128)
     volume_slices: int = 150
     naive_slices: int = 30
-    t_star: int = 250
     volume_steps: tuple[int, ...] = (50, 25)
     quality_run_dir: str = "../outputs/demo"
     quality_models: tuple[str, ...] = ("addm", "ddpm")
@@ -502,7 +511,7 @@ class BenchConfig(RunConfig):
         bad = [d for d in self.dtypes if d not in ("fp32", "bf16", "fp16")]
         if bad or "fp32" not in self.dtypes:
             raise ValueError(f"dtypes must include 'fp32' and hold only 'fp32', 'bf16', 'fp16'; got {list(self.dtypes)}")
-        for name in ("batch_size", "train_steps", "train_rounds", "volume_slices", "naive_slices", "t_star", "quality_slice_stride"):
+        for name in ("batch_size", "train_steps", "train_rounds", "volume_slices", "naive_slices", "quality_slice_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(s < 0 or s > self.t_star for s in self.volume_steps) or not self.volume_steps:
