@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 # one stamp per install set: .installed (the core), .installed-<extra> (the core and that extra)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test ci-params ablation-demo bench site test-tools clean-venv
+.PHONY: setup demo test ci-params ablation-demo levers-demo bench site test-tools clean-venv
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ ablation-demo: $(VENV)/.installed-sweep
 
 # The benchmark (notebooks/06_benchmark.ipynb): ours vs diffusers, peak fraction, volume scoring, quality vs steps.
 # Uses the demo run's models for the quality-cost curve (make demo first); about 25 minutes on 2 quiet cores.
+# The lever campaign (notebooks/07_levers.ipynb) on the tuning split: variants x seeds x scorings beside the floors and
+# the DAE. Resumable (finished models and scorings are reused); the first full run takes a few hours on 2 cores.
+LEVERS_DIR := $(CURDIR)/outputs/levers
+levers-demo: $(STAMP)
+	$(PY) -m addmlib.pipeline params/levers_demo.yaml --notebooks 07_levers --run-dir $(LEVERS_DIR)
+
 BENCH_DIR := $(CURDIR)/outputs/bench
 bench: $(VENV)/.installed-bench
 	mkdir -p $(BENCH_DIR)
@@ -54,7 +60,8 @@ bench: $(VENV)/.installed-bench
 
 # The tutorial site (Jupyter Book 1, offline): the demo run's executed notebooks, plus the ablation and benchmark
 # notebooks when those runs exist, and the narrative in docs/. Needs npm (the pages serve their own JavaScript).
-SITE_EXTRA := $(wildcard $(ABLATION_DIR)/04_ablation.ipynb $(BENCH_DIR)/06_benchmark.ipynb)
+SITE_EXTRA := $(wildcard $(ABLATION_DIR)/04_ablation.ipynb $(BENCH_DIR)/06_benchmark.ipynb \
+	$(LEVERS_DIR)/notebooks/07_levers.ipynb)
 site: $(VENV)/.installed-site
 	$(PY) -m addmlib.book --run-dir outputs/demo --out outputs/site $(addprefix --notebook ,$(SITE_EXTRA))
 
