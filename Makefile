@@ -50,7 +50,7 @@ ablation-demo: $(VENV)/.installed-sweep
 # the DAE. Resumable (finished models and scorings are reused); the first full run takes a few hours on 2 cores.
 LEVERS_DIR := $(CURDIR)/outputs/levers
 levers-demo: $(STAMP)
-	$(PY) -m addmlib.pipeline params/levers_demo.yaml --notebooks 07_levers --run-dir $(LEVERS_DIR)
+	$(PY) -m addmlib.pipeline params/levers_demo.yaml --notebooks 07_levers --run-dir $(LEVERS_DIR) --cell-timeout 86400
 
 BENCH_DIR := $(CURDIR)/outputs/bench
 bench: $(VENV)/.installed-bench

@@ -146,6 +146,8 @@ def train_dae(images: np.ndarray, out_dir: str | Path, data_fingerprint: str, st
     """Train (or load, if ``out_dir/dae.pt`` exists for the same data and settings) the coarse-noise DAE, L2 loss.
 
     Noise: ``noise_std`` x standardised coarse noise on a ``noise_res`` x ``noise_res`` lattice, inside the head.
+    ``amp`` (bf16 autocast) is not part of the cache key: the weights are fp32 either way, so a DAE trained with
+    autocast is reused without it.
     """
     images = np.asarray(images, dtype=np.float32)
     size = images.shape[-1]

@@ -285,7 +285,7 @@ class PrepareConfig(RunConfig):
     image_size: int = 64
     healthy_sources: tuple[str, ...] = _PACKAGED_HEALTHY_TRAIN
     holdout_hosts: tuple[str, ...] = ("colin27", "sri24")
-    tune_hosts: tuple[str, ...] = ("itk_t1",)
+    tune_hosts: tuple[str, ...] = ()
     tumour_sources: tuple[str, ...] = ("qtim_tumor2", "qtim_shape", "pyradiomics_brain1", "pyradiomics_brain2")
     paste_donors: tuple[str, ...] = ("qtim_tumor2", "pyradiomics_brain1", "pyradiomics_brain2")
     lesions_per_host: int = 6
@@ -533,6 +533,7 @@ class LeverConfig(RunConfig):
 
     run_dir: str = "../outputs/levers"
     base_params: tuple[str, ...] = ("params/demo.yaml",)
+    tune_hosts: tuple[str, ...] = ("itk_t1",)
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"gaussian": {}})
     scorings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"default": {}})
     variant_scorings: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -544,8 +545,8 @@ class LeverConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
-        if not self.variants or not self.scorings or not self.seeds or not self.base_params:
-            raise ValueError("base_params, variants, scorings and seeds must not be empty")
+        if not self.variants or not self.scorings or not self.seeds or not self.base_params or not self.tune_hosts:
+            raise ValueError("base_params, tune_hosts, variants, scorings and seeds must not be empty")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds has repeated values: {list(self.seeds)}")
         for name in list(self.variants) + list(self.scorings):

@@ -302,8 +302,9 @@ def patch_noise(x0: torch.Tensor, xt: torch.Tensor, mask: torch.Tensor) -> torch
 def patch_masks(size: int, patch: int, stride: int, like: torch.Tensor) -> list[torch.Tensor]:
     """Square patch masks (1, 1, size, size) on a grid of ``stride`` that covers the whole image (the last row and
     column of patches end on the border)."""
-    if not 1 <= patch <= size or stride < 1:
-        raise ValueError(f"patch {patch} must be in [1, image size {size}] and stride {stride} >= 1")
+    if not 1 <= patch <= size or not 1 <= stride <= patch:
+        raise ValueError(f"patch {patch} must be in [1, image size {size}] and its stride {stride} in [1, {patch}] "
+                         f"(a longer stride would leave pixels no patch covers)")
     starts = list(range(0, size - patch + 1, stride))
     if starts[-1] != size - patch:
         starts.append(size - patch)

@@ -292,7 +292,7 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
                 return maps(vol, slices, *ae_error_maps(ae, vol.image, slices))
             out.append((name, ae_scorer, {"kind": "autoencoder", **info}))
         elif name == "dae":
-            dtype = amp_dtype(resolve_amp(amp, torch.device("cpu")))
+            dtype = amp_dtype(resolve_amp("auto" if amp == "fp16" else amp, torch.device("cpu")))  # the DAE runs on the CPU
             dae, info = train_dae(data.slices("train")["image"], Path(run_dir) / "models" / "dae", fingerprint,
                                   steps=dae_steps, seed=seed, noise_std=dae_noise_std, noise_res=dae_noise_res,
                                   amp=dtype, progress=progress)

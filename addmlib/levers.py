@@ -27,9 +27,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .cli import ArgumentParser, run_main
-from .config import (ConfigError, LeverConfig, PrepareConfig, TrainConfig, check_pipeline_parameters, load_checked,
-                     load_yaml_files, validate)
-from .data.prepare import PreparedDataset, PrepareSettings, build
+from .config import (ConfigError, EvalConfig, LeverConfig, PrepareConfig, TrainConfig, check_pipeline_parameters,
+                     load_checked, load_yaml_files, validate)
+from .data.prepare import PreparedDataset, build, settings_from_config
 from .evaluate import BASELINE_LABELS, PostProcessing, baseline_scorers, diffusion_scorer, evaluate_model
 from .fileio import write_json_atomic
 from .provenance import write_run_record
@@ -45,22 +45,39 @@ def _fingerprint(obj: Any) -> str:
 
 
 def _prepare(cfg: LeverConfig, params: Mapping[str, Any], run_dir: Path) -> PreparedDataset:
+    """The campaign's data (``run_dir/data``): the base parameters' data with the campaign's ``tune_hosts``."""
     own = {f.name for f in dataclasses.fields(PrepareConfig)}
-    pcfg = validate(PrepareConfig, {k: v for k, v in params.items() if k in own}, "lever campaign (data)")
-    if not pcfg.tune_hosts:
-        raise ConfigError("lever campaign: tune_hosts is empty; the campaign needs a tuning split")
-    settings = PrepareSettings(pcfg.image_size, pcfg.healthy_sources, pcfg.holdout_hosts, pcfg.tumour_sources,
-                               pcfg.paste_donors, pcfg.lesions_per_host, pcfg.min_brain_fraction,
-                               pcfg.strip_margin_mm, pcfg.seed, pcfg.disk_healthy_format, pcfg.disk_healthy_root,
-                               pcfg.disk_tumour_format, pcfg.disk_tumour_root, pcfg.max_disk_subjects,
-                               pcfg.disk_folder_skull, pcfg.histogram_standardisation, pcfg.tune_hosts)
-    build(settings, run_dir / "data")
+    pcfg = validate(PrepareConfig, {**{k: v for k, v in params.items() if k in own}, "tune_hosts": cfg.tune_hosts},
+                    "lever campaign (data)")
+    cache = Path(pcfg.data_cache_dir).expanduser() if pcfg.data_cache_dir else None
+    build(settings_from_config(pcfg), run_dir / "data", cache)
     return PreparedDataset(run_dir / "data")
 
 
 def _row_metrics(res: Mapping[str, Any]) -> dict[str, float]:
     p = res["tune"]["pooled"]
     return {k: float(p[k]) for k in METRICS}
+
+
+_EVAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
+
+
+def _changed(base: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The evaluation settings of ``base`` among ``names`` that differ from EvalConfig's defaults (part of a row's key:
+    results computed with other settings are not reused; at their defaults they leave older keys valid)."""
+    return {n: base[n] for n in names if n in base and base[n] != _EVAL_DEFAULTS[n]}
+
+
+def _check_model_data(folder: Path, fingerprint: str) -> None:
+    """A campaign model belongs to the data it was trained on: refuse to resume or score it on other data."""
+    record = folder / "data.json"
+    if record.is_file():
+        trained_on = json.loads(record.read_text()).get("fingerprint")
+        if trained_on != fingerprint:
+            raise ConfigError(f"{folder}: trained on data {trained_on}, the campaign's data is now {fingerprint}; "
+                              f"use another run_dir for a campaign on other data")
+    else:
+        write_json_atomic(record, {"fingerprint": fingerprint})
 
 
 def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[..., Any] | None = None,
@@ -72,14 +89,17 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
     set_threads(cfg.threads)
     device = resolve_device(str(base.get("device", "auto")))
     data = _prepare(cfg, base, run_dir)
+    fingerprint = data.manifest["fingerprint"]
     pp_default = PostProcessing(float(base.get("brain_erode_mm", 3.0)), int(base.get("median_size", 3)),
                                 int(base.get("min_component_voxels", 5)))
     fpr = float(base.get("fpr", 0.05))
+    amp = str(base.get("amp", "auto"))
+    eval_key = _changed(base, ("fpr", "brain_erode_mm", "min_component_voxels", "amp"))
     rows: list[dict[str, Any]] = []
 
-    def done(key: dict[str, Any]) -> dict[str, Any] | None:
+    def done(key: dict[str, Any], name: str) -> dict[str, Any] | None:
         path = rows_dir / f"{_fingerprint(key)}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return {**json.loads(path.read_text()), "scoring": name} if path.is_file() else None
 
     def save(key: dict[str, Any], row: dict[str, Any]) -> None:
         write_json_atomic(rows_dir / f"{_fingerprint(key)}.json", row)
@@ -92,26 +112,26 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
             params.update(seed=seed, model_name=f"{variant}-s{seed}", run_dir=str(run_dir / "levers"),
                           threads=cfg.threads)
             tcfg = validate(TrainConfig, params, f"lever variant {variant!r}")
+            folder = model_dir(tcfg.run_dir, tcfg.model_name)
+            folder.mkdir(parents=True, exist_ok=True)
+            _check_model_data(folder, fingerprint)
             t0 = time.perf_counter()
             result = train(tcfg, data.slices("train")["image"], progress=progress)
             train_s = round(time.perf_counter() - t0, 1)
-            ckpt = model_dir(tcfg.run_dir, tcfg.model_name) / "checkpoint.pt"
             for scoring in cfg.variant_scorings.get(variant, tuple(cfg.scorings)):
-                sover = cfg.scorings[scoring]
-                sc = {"t_star": tcfg.t_star, "t_star_ensemble": [], "sample_steps": 25, "draws": 1,
-                      "median_size": pp_default.median_size, "sampler": "ddpm", **sover}
-                key = {"variant": variant, "overrides": overrides, "seed": seed, "scoring": sc,
-                       "data": data.manifest["fingerprint"], "stride": cfg.slice_stride,
-                       "steps_trained": result["step"]}
-                if (row := done(key)) is not None:
+                sc = {**scoring_defaults(base, tcfg.t_star), **cfg.scorings[scoring]}
+                key = {"variant": variant, "overrides": overrides, "seed": seed, "scoring": sc, "data": fingerprint,
+                       "stride": cfg.slice_stride, "steps_trained": result["step"], **eval_key}
+                if (row := done(key, scoring)) is not None:
                     rows.append(row)
                     continue
                 t1 = time.perf_counter()
                 depths = list(sc["t_star_ensemble"]) or int(sc["t_star"])
-                scorer, info = diffusion_scorer(ckpt, depths, int(sc["sample_steps"]), sc["sampler"], "model",
-                                                int(sc["draws"]), int(base.get("eval_batch_size", 16)), seed, device,
-                                                device.type == "cpu", str(base.get("amp", "auto")),
-                                                int(sc.get("patch_stride", 0)), str(sc.get("residual", "abs")))
+                scorer, info = diffusion_scorer(folder / "checkpoint.pt", depths, int(sc["sample_steps"]),
+                                                sc["sampler"], "model", int(sc["draws"]),
+                                                int(base.get("eval_batch_size", 16)), seed, device,
+                                                device.type == "cpu", amp, int(sc.get("patch_stride", 0)),
+                                                str(sc.get("residual", "abs")))
                 pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))
                 res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None)
                 save(key, {"kind": "diffusion", "variant": variant, "seed": seed, "scoring": scoring,
@@ -123,25 +143,32 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
             if seed != cfg.seeds[0] and name not in ("ae", "dae"):
                 continue  # floors have no seed
             for residual in (cfg.baseline_residuals if name in ("ae", "dae") else ("abs",)):
-                key = {"baseline": name, "seed": seed, "data": data.manifest["fingerprint"],
-                       "stride": cfg.slice_stride, "dae_steps": cfg.dae_steps,
-                       "ae_steps": int(base.get("ae_steps", 1500))}
+                key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride,
+                       "dae_steps": cfg.dae_steps, "ae_steps": int(base.get("ae_steps", 1500)), **eval_key,
+                       **_changed(base, ("dae_noise_std", "dae_noise_res"))}
                 if residual != "abs":
                     key["residual"] = residual
-                if (row := done(key)) is not None:
+                label = "-" if residual == "abs" else "positive residual"
+                if (row := done(key, label)) is not None:
                     rows.append(row)
                     continue
                 t0 = time.perf_counter()
-                ((_, scorer, info),) = baseline_scorers(data, run_dir / "levers" / f"seed{seed}", [name], seed,
-                                                        int(base.get("ae_steps", 1500)), cfg.dae_steps,
-                                                        amp=str(base.get("amp", "auto")), progress=progress,
-                                                        residual=residual)
+                ((_, scorer, info),) = baseline_scorers(
+                    data, run_dir / "levers" / f"seed{seed}", [name], seed, int(base.get("ae_steps", 1500)),
+                    cfg.dae_steps, float(base.get("dae_noise_std", 0.2)), int(base.get("dae_noise_res", 16)), amp,
+                    progress, residual)
                 res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
-                save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed,
-                           "scoring": "-" if residual == "abs" else "positive residual",
+                save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed, "scoring": label,
                            **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1)})
                 log(f"{BASELINE_LABELS[name]} seed {seed} {residual}: {rows[-1]}")
     return rows
+
+
+def scoring_defaults(base: Mapping[str, Any], t_star: int) -> dict[str, Any]:
+    """What a scoring does where it says nothing: the model's t*, and the base parameters' evaluation settings."""
+    return {"t_star": t_star, "t_star_ensemble": [], "sample_steps": int(base.get("sample_steps", 25)),
+            "draws": int(base.get("draws", 1)), "median_size": int(base.get("median_size", 3)),
+            "sampler": str(base.get("sampler", "ddpm"))}
 
 
 def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -239,6 +266,18 @@ def load_campaign_params(cfg: LeverConfig) -> dict[str, Any]:
         bad = sorted(set(overrides) - set(SCORING_KEYS))
         if bad:
             raise ConfigError(f"scoring {name!r}: {bad} are not scoring parameters ({', '.join(SCORING_KEYS)})")
+        validate(EvalConfig, dict(overrides), f"scoring {name!r}")  # types and ranges, before anything runs
+    for variant, overrides in cfg.variants.items():
+        tcfg = validate(TrainConfig, {k: v for k, v in {**base, **overrides}.items()
+                                      if k in {f.name for f in dataclasses.fields(TrainConfig)}}, f"variant {variant!r}")
+        for name in cfg.variant_scorings.get(variant, tuple(cfg.scorings)):
+            sc = {**scoring_defaults(base, tcfg.t_star), **cfg.scorings[name]}
+            deepest = max(list(sc["t_star_ensemble"]) or [int(sc["t_star"])])
+            if deepest > tcfg.num_steps:
+                raise ConfigError(f"scoring {name!r} noises to t* = {deepest} > T = {tcfg.num_steps} of variant "
+                                  f"{variant!r}")
+            if sc.get("patch_stride", 0) and not tcfg.patch_size:
+                raise ConfigError(f"scoring {name!r} sets patch_stride, but variant {variant!r} is not patch-trained")
     return base
 
 

@@ -332,3 +332,85 @@ def test_baseline_scorers_share_the_residual_rule(tmp_path):
     assert not err_pos[:, :, 1].any() and not sq[:, :, 1].any()
     with pytest.raises(ValueError, match="unknown baseline"):
         baseline_scorers(data, tmp_path, ["vae"])
+
+
+def test_patch_scoring_stitches_every_patch():
+    """eps = 0 and noise +1: every patch that covers a pixel reconstructs it as x0 + c, so the stitched map equals
+    the whole-image map (a pixel counted twice or missed would not)."""
+    from addmlib.diffusion import patch_masks
+
+    d = GaussianDiffusion(100)
+    vol = np.random.default_rng(0).uniform(-0.2, 0.2, (16, 16, 2)).astype(np.float32)
+    ones = lambda like, gen: torch.ones_like(like)  # noqa: E731
+    zero_eps = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    whole = score_volume(zero_eps, d, vol, np.array([0, 1]), 10, 1, noise_fn=ones)
+    patched = score_volume(zero_eps, d, vol, np.array([0, 1]), 10, 1, noise_fn=ones, patch=(8, 4))
+    assert np.allclose(patched.abs_error, whole.abs_error, atol=1e-6) and whole.abs_error.min() > 0.1
+    with pytest.raises(ValueError, match="stride 9 in \\[1, 8\\]"):
+        patch_masks(16, 8, 9, torch.zeros(1))
+
+
+def test_demo_data_fingerprint_is_pinned():
+    """Settings added later at their defaults (tuning hosts, mask checks) must not rebuild existing datasets: the
+    demo's data keeps the fingerprint it had before them."""
+    from addmlib.config import PrepareConfig, load_checked
+    from addmlib.data.prepare import settings_from_config
+
+    cfg = load_checked(PrepareConfig, [ROOT / "params" / "demo.yaml"], pipeline=True)
+    assert settings_from_config(cfg).fingerprint() == "b961c39bce3387b8"
+    assert settings_from_config(cfg).tune_hosts == ()
+
+
+def _fake_apt(tmp_path, monkeypatch, deb: bytes, fail_until_update: bool):
+    """An ``apt-get`` on PATH that logs its calls and answers ``download`` with ``deb`` (after ``update`` if asked)."""
+    import stat
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    payload = tmp_path / "payload.deb"
+    payload.write_bytes(deb)
+    log = tmp_path / "apt.log"
+    script = bindir / "apt-get"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {log}
+if [ "$1" = update ]; then touch {tmp_path}/updated; exit 0; fi
+if [ "$1" = download ]; then
+  if [ {int(fail_until_update)} = 1 ] && [ ! -e {tmp_path}/updated ]; then echo "E: Unable to locate package" >&2; exit 100; fi
+  name=$(echo "$2" | sed 's/=/_/'); cp {payload} "./${{name}}_all.deb"; exit 0
+fi
+exit 1
+""")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    return log
+
+
+def _deb_with(member: str, payload: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tf:
+        info = tarfile.TarInfo(member)
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    return _ar({"debian-binary": b"2.0\n", "control.tar.xz": b"x", "data.tar.xz": buf.getvalue()})
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_debian_source_is_downloaded_checked_and_extracted(tmp_path, monkeypatch, root):
+    import hashlib
+    import os
+
+    from addmlib.data import sources as S
+
+    deb = _deb_with("./usr/share/scan.nii.gz", b"scan")
+    log = _fake_apt(tmp_path, monkeypatch, deb, fail_until_update=True)
+    monkeypatch.setattr(os, "geteuid", lambda: 0 if root else 1000)
+    archive = S.Archive("fakepkg=1.0", "fakepkg_1.0_all.deb", hashlib.sha256(deb).hexdigest(), registry="debian")
+    src = S.Source("fake", archive, "./usr/share/scan.nii.gz", "healthy", True, "a fake scan", "none")
+    if root:  # the package lists are refreshed once, then the download goes through
+        out = S.fetch(src, tmp_path / "cache")
+        assert out["image"].read_bytes() == b"scan"
+        assert log.read_text().split("\n")[:3] == ["download fakepkg=1.0", "update -qq", "download fakepkg=1.0"]
+    else:  # not root: no update, a clear error that says what to do
+        with pytest.raises(S.SourceError, match="(?s)apt-get update.*Unable to locate package"):
+            S.fetch(src, tmp_path / "cache")
+        assert "update" not in log.read_text()

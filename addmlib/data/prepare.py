@@ -63,17 +63,17 @@ class PrepareSettings:
     allow_empty_masks: bool = False
 
     def fingerprint(self) -> str:
-        """Hash of the settings. Checks added later whose defaults build the same data (``_CHECK_FIELDS``) count
-        only when changed, so datasets built before them stay valid."""
+        """Hash of the settings. Settings added later whose defaults build the same data (``_LATER_FIELDS``: the
+        tuning hosts, the mask checks) count only when changed, so datasets built before them stay valid."""
         values = asdict(self)
-        for name in _CHECK_FIELDS:
+        for name in _LATER_FIELDS:
             if values[name] == PrepareSettings.__dataclass_fields__[name].default:
                 del values[name]
         blob = json.dumps({"v": DATA_FORMAT_VERSION, **values}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_CHECK_FIELDS = ("min_mask_overlap", "allow_empty_masks")
+_LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks")
 
 
 def settings_from_config(cfg: Any) -> PrepareSettings:

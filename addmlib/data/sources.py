@@ -192,6 +192,9 @@ def _apt_download(archive: Archive, dest: Path) -> None:
     except FileNotFoundError:
         raise SourceError(f"{archive.requirement} comes from Debian's registry but apt-get is not on this machine; "
                           f"put {archive.filename} (sha256 {archive.sha256}) into {dest} by hand") from None
+    except subprocess.TimeoutExpired as exc:
+        raise SourceError(f"apt-get did not answer within {exc.timeout:.0f} s for {archive.requirement}; try again, "
+                          f"or put {archive.filename} (sha256 {archive.sha256}) into {dest} by hand") from None
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-6:])
         raise SourceError(f"could not download {archive.requirement} with apt-get (exit {result.returncode}). Run "
@@ -271,7 +274,8 @@ def fetch(source: Source | str, cache_dir: str | Path | None = None, allow_downl
         archive_dir.mkdir(parents=True, exist_ok=True)
         (_apt_download if source.archive.registry == "debian" else _pip_download)(source.archive, archive_dir)
         if not archive_path.is_file():
-            raise SourceError(f"source {source.name}: pip saved no {source.archive.filename} in {archive_dir}")
+            client = "apt-get" if source.archive.registry == "debian" else "pip"
+            raise SourceError(f"source {source.name}: {client} saved no {source.archive.filename} in {archive_dir}")
     digest = sha256_of(archive_path)
     if digest != source.archive.sha256:
         bad = archive_path.with_name(archive_path.name + ".bad-checksum")
