@@ -39,7 +39,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .cli import ArgumentParser, run_main
-from .config import ConfigError, _coerce, _type_name
+from . import models
+from .config import ConfigError, ModelConfig, _coerce, _type_name
 from .diffusion import GaussianDiffusion, beta_schedule, resolve_steps
 from .nets import UNet, UNetConfig
 from .pipeline import SCORING_MALLOC_ENV
@@ -77,9 +78,11 @@ def _attn(size: int, mult: Sequence[int], attn: Sequence[int] | None) -> tuple[i
 
 def unet_config(size: int, base: int, mult: Sequence[int], res_blocks: int,
                 attn: Sequence[int] | None = None) -> UNetConfig:
-    """Our U-Net (attention at ``attn`` resolutions and in the middle)."""
-    return UNetConfig(base_channels=base, channel_mult=tuple(mult), num_res_blocks=res_blocks,
-                      attention_resolutions=_attn(size, mult, attn))
+    """Our U-Net (attention at ``attn`` resolutions and in the middle), defined as a trained model defines it
+    (``models.unet_config`` of a ``ModelConfig`` with these sizes)."""
+    return models.unet_config(ModelConfig(image_size=size, unet_base_channels=base, unet_channel_mult=tuple(mult),
+                                          unet_num_res_blocks=res_blocks,
+                                          unet_attention_resolutions=_attn(size, mult, attn)))
 
 
 def count_params(model: torch.nn.Module) -> int:
