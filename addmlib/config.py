@@ -529,7 +529,8 @@ class LeverConfig(RunConfig):
     """The lever campaign (``addmlib.levers``, notebooks/07_levers.ipynb): training variants x seeds x scorings,
     measured on the tuning split only. ``variants``: name -> training parameters over the base set; ``scorings``:
     name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler, patch_stride);
-    ``variant_scorings``: variant -> the scorings it gets (default: all; e.g. only cheap ones for patch models)."""
+    ``variant_scorings``: variant -> the scorings it gets (default: all; e.g. only cheap ones for patch models);
+    ``variant_seeds``: variant or baseline -> the seeds it is trained with (default: all of ``seeds``)."""
 
     run_dir: str = "../outputs/levers"
     base_params: tuple[str, ...] = ("params/demo.yaml",)
@@ -538,6 +539,7 @@ class LeverConfig(RunConfig):
     scorings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"default": {}})
     variant_scorings: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1)
+    variant_seeds: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     baselines: tuple[str, ...] = ("floor_intensity", "floor_median", "dae")
     baseline_residuals: tuple[str, ...] = ("abs",)
     dae_steps: int = 1500
@@ -557,6 +559,11 @@ class LeverConfig(RunConfig):
         bad = [r for r in self.baseline_residuals if r not in ("abs", "positive")]
         if bad or not self.baseline_residuals:
             raise ValueError(f"baseline_residuals must hold 'abs' and/or 'positive', got {list(self.baseline_residuals)}")
+        for name, chosen in self.variant_seeds.items():
+            if name not in self.variants and name not in self.baselines:
+                raise ValueError(f"variant_seeds names {name!r}, which is neither a variant nor a baseline")
+            if not chosen or set(chosen) - set(self.seeds):
+                raise ValueError(f"variant_seeds[{name!r}] must be a non-empty subset of seeds {list(self.seeds)}")
         for name, chosen in self.variant_scorings.items():
             if name not in self.variants:
                 raise ValueError(f"variant_scorings names {name!r}, which is not a variant")

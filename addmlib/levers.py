@@ -108,6 +108,8 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
     own = {f.name for f in dataclasses.fields(TrainConfig)}
     for seed in cfg.seeds:  # seed by seed, so that a first complete table comes early; models, then baselines
         for variant, overrides in cfg.variants.items():
+            if seed not in cfg.variant_seeds.get(variant, cfg.seeds):
+                continue
             params = {k: v for k, v in {**base, **overrides}.items() if k in own}
             params.update(seed=seed, model_name=f"{variant}-s{seed}", run_dir=str(run_dir / "levers"),
                           threads=cfg.threads)
@@ -140,7 +142,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                            "amp": info["amp"], "steps_trained": result["step"]})
                 log(f"{variant} seed {seed} {scoring}: {rows[-1]}")
         for name in cfg.baselines:
-            if seed != cfg.seeds[0] and name not in ("ae", "dae"):
+            if seed not in cfg.variant_seeds.get(name, cfg.seeds) or (seed != cfg.seeds[0] and name.startswith("floor")):
                 continue  # floors have no seed
             for residual in (cfg.baseline_residuals if name in ("ae", "dae") else ("abs",)):
                 key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride,

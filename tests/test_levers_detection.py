@@ -414,3 +414,12 @@ def test_debian_source_is_downloaded_checked_and_extracted(tmp_path, monkeypatch
         with pytest.raises(S.SourceError, match="(?s)apt-get update.*Unable to locate package"):
             S.fetch(src, tmp_path / "cache")
         assert "update" not in log.read_text()
+
+
+def test_variant_seeds_must_name_a_variant_or_baseline_and_a_subset_of_seeds():
+    ok = validate(LeverConfig, {"variants": {"a": {}}, "seeds": [0, 1], "variant_seeds": {"a": [0], "dae": [1]}}, "p")
+    assert ok.variant_seeds == {"a": (0,), "dae": (1,)}
+    with pytest.raises(ConfigError, match="variant_seeds names 'b'"):
+        validate(LeverConfig, {"variants": {"a": {}}, "variant_seeds": {"b": [0]}}, "p")
+    with pytest.raises(ConfigError, match="subset of seeds"):
+        validate(LeverConfig, {"variants": {"a": {}}, "seeds": [0, 1], "variant_seeds": {"a": [2]}}, "p")
