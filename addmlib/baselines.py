@@ -79,12 +79,17 @@ def train_autoencoder(images: np.ndarray, out_dir: str | Path, data_fingerprint:
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return model.eval(), _save_trained(model, ckpt, info_path, settings, losses)
+
+
+def _save_trained(model: nn.Module, ckpt: Path, info_path: Path, settings: dict, losses: list[float]) -> dict:
+    """Write a trained baseline's weights and ``model.json`` (its settings: the cache key) atomically."""
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(ckpt) as tmp:
         torch.save(model.state_dict(), tmp)
     info = {"checkpoint": str(ckpt), "settings": settings, "final_loss": float(np.mean(losses[-50:]))}
     write_json_atomic(info_path, info)
-    return model.eval(), info
+    return info
 
 
 @torch.no_grad()
@@ -181,12 +186,7 @@ def train_dae(images: np.ndarray, out_dir: str | Path, data_fingerprint: str, st
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(ckpt) as tmp:
-        torch.save(model.state_dict(), tmp)
-    info = {"checkpoint": str(ckpt), "settings": settings, "final_loss": float(np.mean(losses[-50:]))}
-    write_json_atomic(info_path, info)
-    return model.eval(), info
+    return model.eval(), _save_trained(model, ckpt, info_path, settings, losses)
 
 
 @torch.no_grad()

@@ -218,17 +218,21 @@ def _deb_data(archive_path: Path) -> tarfile.TarFile:
     raise SourceError(f"{archive_path.name} has no data.tar member")
 
 
+def _tar_member(tf: tarfile.TarFile, archive_name: str, member: str) -> bytes:
+    try:
+        fh = tf.extractfile(member)
+    except KeyError:
+        fh = None
+    if fh is None:
+        raise SourceError(f"{archive_name} has no member {member!r}")
+    return fh.read()
+
+
 def _extract(archive_path: Path, member: str, target: Path) -> None:
     with atomic_path(target) as tmp:
         if archive_path.suffix == ".deb":
             with _deb_data(archive_path) as tf:
-                try:
-                    fh = tf.extractfile(member)
-                except KeyError:
-                    fh = None
-                if fh is None:
-                    raise SourceError(f"{archive_path.name} has no member {member!r}")
-                data = fh.read()
+                data = _tar_member(tf, archive_path.name, member)
         elif archive_path.name.endswith(".whl") or archive_path.suffix == ".zip":
             with zipfile.ZipFile(archive_path) as zf:
                 try:
@@ -237,13 +241,7 @@ def _extract(archive_path: Path, member: str, target: Path) -> None:
                     raise SourceError(f"{archive_path.name} has no member {member!r}") from None
         else:
             with tarfile.open(archive_path, "r:*") as tf:
-                try:
-                    fh = tf.extractfile(member)
-                except KeyError:
-                    fh = None
-                if fh is None:
-                    raise SourceError(f"{archive_path.name} has no member {member!r}")
-                data = fh.read()
+                data = _tar_member(tf, archive_path.name, member)
         tmp.write_bytes(data)
 
 
