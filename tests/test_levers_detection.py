@@ -217,6 +217,7 @@ def test_eval_config_checks_baselines_and_ensembles():
 
 
 def test_lever_campaign_params_are_checked():
+    validate(LeverConfig, load_yaml(ROOT / "params" / "levers_ci.yaml"), "levers_ci.yaml")
     cfg = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_demo.yaml"), "levers_demo.yaml")
     base = load_campaign_params(cfg)
     assert base["image_size"] == 64 and "coarse8" in cfg.variants
