@@ -26,7 +26,8 @@ def metrics_table(results: Results, split: str, fpr: float) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for label, res in results.items():
         p, v = res[split]["pooled"], res[split]["per_volume_summary"]
-        name = f"*{label}*" if label in BASELINE_LABELS.values() else label
+        escaped = label.replace("|", "\\|")  # a floor's label holds |x - median|
+        name = f"*{escaped}*" if label in BASELINE_LABELS.values() else escaped
         rows.append(f"| {name} | {_fmt(p['dice'])} | {_fmt(p['auroc'])} | {_fmt(p['iou'])} | {_fmt(p['precision'])} | "
                     f"{_fmt(p['recall'])} | {_fmt(p['auprc'])} | {_fmt(p['best_dice'])} | {_fmt(*v['dice'])} |")
     return (f"**{SPLIT_TITLES.get(split, split)}** — pooled over all scored brain voxels; Dice/IoU/precision/recall "

@@ -196,7 +196,8 @@ def lever_table(summary: Sequence[Mapping[str, Any]]) -> str:
     rows = ["| variant | scoring | seeds | AUROC | AUPRC | Dice @ 5 % FPR | best Dice (tuning) | s per scoring |",
             "|---|---|---|---|---|---|---|---|"]
     for e in summary:
-        name = f"*{e['variant']}*" if e["kind"] == "baseline" else e["variant"]
+        variant = e["variant"].replace("|", "\\|")  # a floor's label holds |x - median|
+        name = f"*{variant}*" if e["kind"] == "baseline" else variant
         cells = [f"{e[m + '_mean']:.3f} ± {e[m + '_std']:.3f}" if e["seeds"] > 1 else f"{e[m + '_mean']:.3f}"
                  for m in METRICS]
         rows.append(f"| {name} | {e['scoring']} | {e['seeds']} | " + " | ".join(cells) + f" | {e['seconds_mean']:.0f} |")

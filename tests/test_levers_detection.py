@@ -424,3 +424,12 @@ def test_variant_seeds_must_name_a_variant_or_baseline_and_a_subset_of_seeds():
         validate(LeverConfig, {"variants": {"a": {}}, "variant_seeds": {"b": [0]}}, "p")
     with pytest.raises(ConfigError, match="subset of seeds"):
         validate(LeverConfig, {"variants": {"a": {}}, "seeds": [0, 1], "variant_seeds": {"a": [2]}}, "p")
+
+
+def test_lever_table_escapes_the_pipes_of_a_floor_label():
+    from addmlib.levers import lever_table
+
+    row = {"kind": "baseline", "variant": "floor |x − brain median|", "scoring": "-", "seed": 0, "auroc": 0.9,
+           "auprc": 0.1, "dice": 0.1, "best_dice": 0.2, "seconds": 1.0}
+    line = lever_table(summarise([row])).splitlines()[-1]
+    assert line.startswith("| *floor \\|x − brain median\\|* | - | 1 |") and line.count(" | ") == 7
