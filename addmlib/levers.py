@@ -106,6 +106,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
         rows.append(row)
 
     own = {f.name for f in dataclasses.fields(TrainConfig)}
+    train_images = data.slices("train")["image"]  # read once: every variant and seed trains on it
     for seed in cfg.seeds:  # seed by seed, so that a first complete table comes early; models, then baselines
         for variant, overrides in cfg.variants.items():
             if seed not in cfg.variant_seeds.get(variant, cfg.seeds):
@@ -118,7 +119,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
             folder.mkdir(parents=True, exist_ok=True)
             _check_model_data(folder, fingerprint)
             t0 = time.perf_counter()
-            result = train(tcfg, data.slices("train")["image"], progress=progress)
+            result = train(tcfg, train_images, progress=progress)
             train_s = round(time.perf_counter() - t0, 1)
             for scoring in cfg.variant_scorings.get(variant, tuple(cfg.scorings)):
                 sc = {**scoring_defaults(base, tcfg.t_star), **cfg.scorings[scoring]}
