@@ -219,17 +219,29 @@ def _flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def _compiled(call: Callable, compile: bool) -> Callable:
+    """``torch.compile(call)`` (inductor, the default backend) when asked; its first calls pay the compile time."""
+    return torch.compile(call) if compile else call
+
+
 def case_train(device: torch.device, model: str, size: int, base: int, mult: Sequence[int], res_blocks: int,
                batch: int, dtype: str = "fp32", channels_last: bool = False, steps: int = 10,
-               warmup: int = 3, attn: Sequence[int] | None = None, budget_s: float = 30.0) -> dict[str, Any]:
+               warmup: int = 3, attn: Sequence[int] | None = None, budget_s: float = 30.0,
+               compile: bool = False) -> dict[str, Any]:
+    """One training step's time (median after warm-up); with ``compile`` the network is ``torch.compile``d and
+    ``compile_s`` is the first step's extra time over the steady step (what compiling costs once per process)."""
     torch.manual_seed(0)
     net, call = build(model, size, base, mult, res_blocks, attn)
-    step = train_step_fn(net, call, batch, size, device, dtype, channels_last)
-    flops = _flops(step)  # one step, counted (forward + backward)
+    flops = _flops(train_step_fn(net, call, batch, size, device, dtype, channels_last))  # forward + backward, eager
+    step = train_step_fn(net, _compiled(call, compile), batch, size, device, dtype, channels_last)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - t0
     s = _timed(step, device, warmup, steps, budget_s)
     return {"params": count_params(net), "gflop_per_step": round(flops / 1e9, 3), "s_per_step": round(s, 4),
             "images_per_s": round(batch / s, 2), "achieved_gflops": round(flops / s / 1e9, 2),
-            "peak_memory_mb": _peak_memory_mb(device)}
+            "compile_s": round(max(first - s, 0.0), 2) if compile else 0.0, "peak_memory_mb": _peak_memory_mb(device)}
 
 
 def _denoiser(net: torch.nn.Module, device: torch.device, dtype: str, channels_last: bool) -> Callable:
@@ -259,28 +271,34 @@ def case_denoise(device: torch.device, size: int, base: int, mult: Sequence[int]
 
 
 def case_volume(device: torch.device, size: int, base: int, mult: Sequence[int], res_blocks: int, slices: int,
-                t_star: int, steps: int, batch: int, dtype: str = "fp32", channels_last: bool = False,
-                num_steps: int = 1000, attn: Sequence[int] | None = None) -> dict[str, Any]:
-    """Wall time of ``detect.score_volume`` on one synthetic size x size x slices volume (batch 1 = slice by slice)."""
+                t_star: int | Sequence[int], steps: int, batch: int, dtype: str = "fp32", channels_last: bool = False,
+                num_steps: int = 1000, attn: Sequence[int] | None = None, draws: int = 1,
+                compile: bool = False) -> dict[str, Any]:
+    """Wall time of ``detect.score_volume`` on one synthetic size x size x slices volume (batch 1 = slice by slice);
+    ``t_star`` a list is an ensemble of depths, each scored ``draws`` times (network calls per slice:
+    depths x draws x steps). With ``compile`` the network is ``torch.compile``d and the warm-up's time (compiling
+    included) is reported as ``warmup_s``."""
     from .detect import score_volume
 
     torch.manual_seed(0)
     net = UNet(unet_config(size, base, mult, res_blocks, attn), size)
-    eps = _denoiser(net, device, dtype, channels_last)
+    eps = _compiled(_denoiser(net, device, dtype, channels_last), compile)
     diffusion = GaussianDiffusion(num_steps, "linear")
     volume = torch.rand(size, size, slices).numpy() * 2 - 1
     gen = torch.Generator(device=device).manual_seed(0)
+    t0 = time.perf_counter()
     with torch.no_grad():  # warm-up on one batch
         score_volume(eps, diffusion, volume, list(range(min(batch, slices))), t_star, 2, "ddpm", batch_size=batch,
                      generator=gen, device=device)
     _sync(device)
+    warmup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     score_volume(eps, diffusion, volume, list(range(slices)), t_star, steps, "ddpm", batch_size=batch,
-                 generator=gen, device=device)
+                 generator=gen, device=device, draws=draws)
     _sync(device)
     wall = time.perf_counter() - t0
-    return {"wall_s": round(wall, 2), "s_per_slice": round(wall / slices, 4), "params": count_params(net),
-            "peak_memory_mb": _peak_memory_mb(device)}
+    return {"wall_s": round(wall, 2), "s_per_slice": round(wall / slices, 4), "warmup_s": round(warmup_s, 2),
+            "params": count_params(net), "peak_memory_mb": _peak_memory_mb(device)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,11 +316,20 @@ def peak_cases(cfg: Any) -> list[dict[str, Any]]:
             for d in cfg.dtypes]
 
 
+def auto_dtype(device: str = "auto") -> str:
+    """The dtype ``amp: auto`` trains and scores in on ``device`` ("fp32", "bf16" or "fp16")."""
+    from .runtime import resolve_amp, resolve_device
+
+    choice = resolve_amp("auto", resolve_device(device))
+    return "fp32" if choice == "off" else choice
+
+
 def train_cases(cfg: Any) -> list[dict[str, Any]]:
     """Ours and the matched diffusers U-Net, same batch/resolution/threads, for each dtype, plain and channels-last.
 
     fp32 cases are repeated ``cfg.train_rounds`` times, ours and diffusers alternating, so that drift of the machine
-    (frequency, neighbours) hits both alike; the notebook takes the median over rounds. Other dtypes run once.
+    (frequency, neighbours) hits both alike; the notebook takes the median over rounds. Other dtypes run once. With
+    ``cfg.measure_compile``, ours is also timed ``torch.compile``d in fp32 and in the ``amp: auto`` dtype.
     """
     out = []
     for r in range(cfg.train_rounds):
@@ -315,17 +342,27 @@ def train_cases(cfg: Any) -> list[dict[str, Any]]:
                                 "round": r, "threads": cfg.threads, "device": cfg.device, "dtype": d,
                                 "channels_last": cl, "batch": cfg.batch_size, "steps": cfg.train_steps,
                                 "budget_s": 20.0, **arch(cfg)})
+    if cfg.measure_compile:
+        for d in dict.fromkeys(("fp32", auto_dtype(cfg.device))):
+            if d in cfg.dtypes:
+                out.append({"case": "train", "label": f"train ours {d} compiled", "model": "ours", "round": 0,
+                            "threads": cfg.threads, "device": cfg.device, "dtype": d, "channels_last": False,
+                            "batch": cfg.batch_size, "steps": cfg.train_steps, "budget_s": 20.0, "compile": True,
+                            **arch(cfg)})
     return out
 
 
 def denoise_cases(cfg: Any, size: int) -> list[dict[str, Any]]:
     """Per-image cost of a reverse step for each batch size: fp32 with each combination of channels-last and the
-    allocator settings; other dtypes (slow where the CPU lacks them) with the allocator settings, at batches <= 4."""
+    allocator settings; other dtypes with the allocator settings, at every batch for the ``amp: auto`` dtype and at
+    batches <= 4 for the others (slow where the CPU lacks them)."""
     out = []
+    usable = auto_dtype(cfg.device)
     for d in cfg.dtypes:
         for cl in (False, True):
             for malloc in ((False, True) if d == "fp32" else (True,)):
-                batches = list(cfg.denoise_batches) if d == "fp32" else [b for b in cfg.denoise_batches if b <= 4]
+                batches = (list(cfg.denoise_batches) if d in ("fp32", usable)
+                           else [b for b in cfg.denoise_batches if b <= 4])
                 out.append({"case": "denoise", "label": f"denoise {size}² {d}{' CL' if cl else ''}"
                             f"{' malloc' if malloc else ''}", "threads": cfg.threads, "device": cfg.device,
                             "dtype": d, "channels_last": cl, "malloc": malloc, "batches": batches or [1],
@@ -333,10 +370,10 @@ def denoise_cases(cfg: Any, size: int) -> list[dict[str, Any]]:
     return out
 
 
-def fastest(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The fp32 denoise row (layout, allocator) and batch with the lowest seconds per image-step: the switches the
-    evaluation can use (it has no autocast; the bf16 rows are reported, not chosen)."""
-    best = min((r for r in rows if "s_per_image_step" in r and r.get("dtype", "fp32") == "fp32"),
+def fastest(rows: Sequence[Mapping[str, Any]], dtypes: Sequence[str] = ("fp32",)) -> dict[str, Any]:
+    """The denoise row (dtype, layout, allocator) and batch with the lowest seconds per image-step among ``dtypes``:
+    the switches the evaluation can use (fp32, and the dtype its ``amp: auto`` picks on this machine)."""
+    best = min((r for r in rows if "s_per_image_step" in r and r.get("dtype", "fp32") in dtypes),
                key=lambda r: min(r["s_per_image_step"].values()))
     return {"dtype": best["dtype"], "channels_last": best["channels_last"], "malloc": best["malloc"],
             "batch": best["best_batch"], "s_per_image_step": min(best["s_per_image_step"].values())}
@@ -357,7 +394,19 @@ def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str,
         if n == steps_list[-1]:
             out.append({**common, "label": f"volume {size}² {n} steps, naive loop", "batch": 1, "dtype": "fp32",
                         "channels_last": False, "malloc": False, "slices": min(cfg.naive_slices, cfg.volume_slices)})
+    if cfg.demo_scoring:
+        sc = cfg.demo_scoring
+        depths = list(sc.get("t_star_ensemble") or [int(sc.get("t_star", cfg.t_star))])
+        steps = int(sc.get("sample_steps", 25))
+        demo = {"case": "volume", "threads": cfg.threads, "device": cfg.device, "slices": cfg.volume_slices,
+                "t_star": depths if len(depths) > 1 else depths[0], "steps": steps, "draws": int(sc.get("draws", 1)),
+                "batch": fast["batch"], "dtype": fast["dtype"], "channels_last": fast["channels_last"],
+                "malloc": fast["malloc"], **arch(cfg, size)}
+        out.append({**demo, "label": f"volume {size}² demo scoring, fast"})
+        if cfg.measure_compile:
+            out.append({**demo, "label": f"volume {size}² demo scoring, fast, compiled", "compile": True})
     return out
+
 
 
 CASES: dict[str, Callable[..., dict[str, Any]]] = {"peak": case_peak, "train": case_train, "denoise": case_denoise,

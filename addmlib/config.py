@@ -343,17 +343,24 @@ class TrainConfig(ModelConfig):
     ema_decay: float = 0.999
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     augment: bool = True
+    augment_strength: float = 1.0
+    augment_elastic: float = 0.0
+    augment_noise: float = 0.0
     checkpoint_every: int = 200
     log_every: int = 10
     fresh: bool = False
     sample_steps: int = 50
+    preview_steps: int = 50
 
     def check(self) -> None:
         super().check()
         for name in ("batch_size", "epochs", "disc_base_channels", "lr_decay_every_epochs", "d_steps",
-                     "checkpoint_every", "log_every", "sample_steps"):
+                     "checkpoint_every", "log_every", "sample_steps", "preview_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("augment_strength", "augment_elastic", "augment_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0 or self.d_lr <= 0 or self.max_steps < 0 or self.adv_t_max < 0:
             raise ValueError("lr and d_lr must be > 0, max_steps and adv_t_max >= 0")
         if not 0 <= self.train_t_max <= self.num_steps:
@@ -482,7 +489,10 @@ class BenchConfig(DepthConfig):
     The benchmarked U-Net is given by ``image_size`` and the ``unet_*`` sizes (the demo's by default); each case runs in
     its own process with ``threads`` torch threads. ``volume_steps``: strided steps from ``t_star`` (0 = every step);
     volume sizes above ``image_size`` are timed at the fewest of them only (time is linear in steps). The naive
-    slice-by-slice loop is timed on ``naive_slices`` slices (per-slice cost).
+    slice-by-slice loop is timed on ``naive_slices`` slices (per-slice cost). ``demo_scoring`` (t_star,
+    t_star_ensemble, sample_steps, draws: the demo's scoring, params/demo.yaml) adds one volume per size scored that
+    way. ``measure_compile`` adds ``torch.compile``d cases, read against eager over ``compile_over_steps`` training
+    steps (the demo's) with the compile time counted.
     """
 
     run_dir: str = "../outputs/bench"
@@ -505,9 +515,19 @@ class BenchConfig(DepthConfig):
     quality_steps: tuple[int, ...] = (12, 25, 50)
     quality_slice_stride: int = 9
     quality_set: Literal["eval_a", "eval_b"] = "eval_a"
+    demo_scoring: dict[str, Any] = dataclasses.field(default_factory=dict)
+    measure_compile: bool = True
+    compile_over_steps: int = 800
 
     def check(self) -> None:
         super().check()
+        bad = sorted(set(self.demo_scoring) - {"t_star", "t_star_ensemble", "sample_steps", "draws"})
+        if bad:
+            raise ValueError(f"demo_scoring: {bad} unknown; it may hold t_star, t_star_ensemble, sample_steps, draws")
+        if self.demo_scoring:
+            validate(EvalConfig, dict(self.demo_scoring), "demo_scoring")
+        if self.compile_over_steps < 1:
+            raise ValueError(f"compile_over_steps must be >= 1, got {self.compile_over_steps}")
         bad = [d for d in self.dtypes if d not in ("fp32", "bf16", "fp16")]
         if bad or "fp32" not in self.dtypes:
             raise ValueError(f"dtypes must include 'fp32' and hold only 'fp32', 'bf16', 'fp16'; got {list(self.dtypes)}")
@@ -530,7 +550,8 @@ class LeverConfig(RunConfig):
     measured on the tuning split only. ``variants``: name -> training parameters over the base set; ``scorings``:
     name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler, patch_stride);
     ``variant_scorings``: variant -> the scorings it gets (default: all; e.g. only cheap ones for patch models);
-    ``variant_seeds``: variant or baseline -> the seeds it is trained with (default: all of ``seeds``)."""
+    ``variant_seeds``: variant or baseline -> the seeds it is trained with (default: all of ``seeds``);
+    ``adv_profile_t``: the depths at which each ADDM variant's adversarial gradient is profiled (empty: none)."""
 
     run_dir: str = "../outputs/levers"
     base_params: tuple[str, ...] = ("params/demo.yaml",)
@@ -544,9 +565,12 @@ class LeverConfig(RunConfig):
     baseline_residuals: tuple[str, ...] = ("abs",)
     dae_steps: int = 1500
     slice_stride: int = 3
+    adv_profile_t: tuple[int, ...] = (10, 50, 100, 250, 500, 750, 950)
 
     def check(self) -> None:
         super().check()
+        if any(t < 1 for t in self.adv_profile_t):
+            raise ValueError(f"adv_profile_t depths must be >= 1, got {list(self.adv_profile_t)}")
         if not self.variants or not self.scorings or not self.seeds or not self.base_params or not self.tune_hosts:
             raise ValueError("base_params, tune_hosts, variants, scorings and seeds must not be empty")
         if len(set(self.seeds)) != len(self.seeds):

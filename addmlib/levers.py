@@ -213,7 +213,7 @@ def plot_levers(summary: Sequence[Mapping[str, Any]]) -> Any:
     base = [e for e in summary if e["kind"] == "baseline"]
     variants = list(dict.fromkeys(e["variant"] for e in models))
     scorings = list(dict.fromkeys(e["scoring"] for e in models))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, axes = plt.subplots(2, 1, figsize=(max(10.0, 0.6 * len(scorings)), 9))
     width = 0.8 / max(len(variants), 1)
     for ax, metric in zip(axes, ("auroc", "auprc")):
         for i, v in enumerate(variants):
@@ -224,10 +224,53 @@ def plot_levers(summary: Sequence[Mapping[str, Any]]) -> Any:
             hi = np.array([es[s][f"{metric}_max"] for s in scorings if s in es]) - mean
             ax.bar(xs, mean, width, yerr=[lo, hi], capsize=2, label=v)
         for j, e in enumerate(base):
-            ax.axhline(e[f"{metric}_mean"], color=f"C{len(variants) + j}", ls="--", lw=1, label=e["variant"])
-        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(scorings))], scorings, rotation=30, fontsize=7)
+            label = e["variant"] if e["scoring"] == "-" else f"{e['variant']}, {e['scoring']}"
+            ax.axhline(e[f"{metric}_mean"], color=f"C{len(variants) + j}", ls="--", lw=1, label=label)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(scorings))], scorings, rotation=60, ha="right",
+                      fontsize=7)
         ax.set(title=f"tuning split: {metric.upper()} (bars: mean, whiskers: seed range)", ylabel=metric)
         ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def adversarial_profiles(cfg: LeverConfig, base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``diagnostics.adversarial_profile`` of every trained ADDM variant (lambda_adv > 0) of the first seed, at the
+    depths ``cfg.adv_profile_t``, on the campaign's training slices; written to ``levers/adv_profile.json``."""
+    from .diagnostics import adversarial_profile
+
+    run_dir = Path(cfg.run_dir).resolve()
+    own = {f.name for f in dataclasses.fields(TrainConfig)}
+    images = PreparedDataset(run_dir / "data").slices("train")["image"]
+    out = []
+    for variant, overrides in cfg.variants.items():
+        params = {k: v for k, v in {**base, **overrides}.items() if k in own}
+        seed = cfg.variant_seeds.get(variant, cfg.seeds)[0]
+        ckpt = model_dir(run_dir / "levers", f"{variant}-s{seed}") / "checkpoint.pt"
+        if float(params.get("lambda_adv", 0.05)) <= 0 or not cfg.adv_profile_t or not ckpt.is_file():
+            continue
+        for row in adversarial_profile(ckpt, images, cfg.adv_profile_t, seed=cfg.seed):
+            out.append({"variant": variant, "seed": seed, **row})
+    write_json_atomic(run_dir / "levers" / "adv_profile.json", {"rows": out})
+    return out
+
+
+def plot_adv_profile(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """||grad lambda L_Adv|| / ||grad L_DDPM|| and D's accuracy against t, one line per variant."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_d) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for i, v in enumerate(dict.fromkeys(r["variant"] for r in rows)):
+        rs = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["t"])
+        ts = [r["t"] for r in rs]
+        ax_r.plot(ts, [r["ratio"] for r in rs], "o-", color=f"C{i}", label=f"{v} (λ = {rs[0]['lambda_adv']:g})")
+        ax_d.plot(ts, [r["d_acc_real"] for r in rs], "o-", color=f"C{i}", label=f"{v}: real")
+        ax_d.plot(ts, [r["d_acc_fake"] for r in rs], "s--", color=f"C{i}", label=f"{v}: fake")
+    ax_r.set(xlabel="t", ylabel="‖∇ λ·L_Adv‖ / ‖∇ L_DDPM‖", yscale="log", title="how hard the adversarial term pulls")
+    ax_d.axhline(0.5, color="grey", lw=0.8)
+    ax_d.set(xlabel="t", ylabel="D's accuracy", ylim=(0, 1), title="D on real and fake x_{t-1} (chance 0.5)")
+    for ax in (ax_r, ax_d):
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -65,7 +65,8 @@ ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise",
                      "unet_base_channels", "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions",
                      "unet_dropout", "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
                      "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "train_t_max", "patch_size", "grad_clip",
-                     "ema_decay", "augment", "seed")
+                     "ema_decay", "augment", "augment_strength", "augment_elastic",
+                     "augment_noise", "seed")
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -108,7 +109,8 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.perm_gen = torch.Generator().manual_seed(cfg.seed)  # data order: the same on every rank
         self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.rank)  # t, noise, augmentation: per rank
-        self.augment = Augment() if cfg.augment else None
+        self.augment = (Augment.of_strength(cfg.augment_strength, cfg.augment_elastic, cfg.augment_noise)
+                        if cfg.augment else None)
         self.step = 0
         self._perm: torch.Tensor | None = None
         self.g_model: torch.nn.Module = self.unet

@@ -93,3 +93,34 @@ def test_missing_models_are_those_without_a_model_record(tmp_path: Path):
     (tmp_path / "models" / "addm" / "model.json").write_text("{}")
     assert bm.missing_models(tmp_path, ["addm", "ddpm"]) == ["ddpm"]
     assert bm.missing_models(tmp_path, []) == ["(quality_models is empty)"]
+
+
+def test_compile_is_read_against_eager_with_its_compile_time_counted():
+    rows = [train_row("ours", 10.0), train_row("ours", 20.0, dtype="bf16"),
+            {**train_row("ours", 16.0), "label": "train ours fp32 compiled", "compile": True, "compile_s": 40.0},
+            {**train_row("ours", 21.0, dtype="bf16"), "label": "train ours bf16 compiled", "compile": True,
+             "compile_s": 60.0}]
+    table = bs.train_summary(rows, PEAKS).table
+    s = bs.compile_summary(table, over_steps=800)
+    # fp32: 0.8 -> 0.5 s per step: 640 s eager against 40 + 400 s compiled
+    assert s.ratios["train_compile_fp32_steady"] == pytest.approx(1.6)
+    assert s.ratios["train_compile_fp32_net_800_steps"] == pytest.approx(640 / 440)
+    # bf16: 0.4 -> 0.381 s: 320 s against 60 + 304.8 s: the compile time eats the gain
+    assert s.ratios["train_compile_bf16_net_800_steps"] == pytest.approx(320 / (60 + 800 * 8 / 21))
+    lines = s.text.splitlines()
+    assert "worth adopting" in lines[0] and "not adopted" in lines[1]
+    assert bs._images_per_s(table, "ours") == 10.0, "the eager row, not the compiled one"
+
+
+def test_volume_summary_reads_the_demo_scoring_rows_and_its_60_s_target():
+    demo = {**volume_row(128, 1, 0.36), "label": "volume 128² demo scoring, fast", "t_star": [100, 150, 250],
+            "draws": 4, "wall_s": 54.6}
+    comp = {**demo, "label": "volume 128² demo scoring, fast, compiled", "wall_s": 50.0, "warmup_s": 70.0}
+    rows = [volume_row(128, 25, 0.5), volume_row(128, 25, 2.0, naive=True), demo, comp]
+    s = bs.volume_summary(rows, volume_slices=150, t_star=250)
+    assert s.ratios["volume_128_demo_scoring_wall_s"] == 54.6
+    assert s.ratios["volume_128_demo_scoring_compiled_wall_s"] == 50.0
+    assert s.ratios["volume_128_fewest_steps_wall_s"] == 75.0, "the strided-chain target ignores the demo rows"
+    assert "the demo's scoring ([100, 150, 250] × 4 draws, 1 step), fp32: 150 slices in **54.6 s** → the 60 s " \
+           "target is met" in s.text
+    assert "compiled: 150 slices in **50.0 s** (warm-up with compiling 70 s)" in s.text

@@ -47,6 +47,23 @@ def test_fastest_picks_the_lowest_per_image_cost_among_what_evaluation_can_use()
             {"label": "failed", "error": "x"}]
     assert bm.fastest(rows) == {"dtype": "fp32", "channels_last": True, "malloc": True, "batch": 1,
                                 "s_per_image_step": 0.008}
+    assert bm.fastest(rows, ("fp32", "bf16")) == {"dtype": "bf16", "channels_last": True, "malloc": True,
+                                                  "batch": 4, "s_per_image_step": 0.001}, "amp: auto picks bf16 here"
+
+
+def test_bench_demo_scores_volumes_the_way_the_demo_does():
+    demo = yaml.safe_load((ROOT / "params" / "demo.yaml").read_text())
+    bench = yaml.safe_load((ROOT / "params" / "bench_demo.yaml").read_text())
+    for key, value in bench["demo_scoring"].items():
+        assert demo.get(key) == value, f"bench_demo.yaml demo_scoring.{key} differs from demo.yaml"
+    assert bench["compile_over_steps"] == demo["max_steps"]
+    cfg = validate(BenchConfig, {k: v for k, v in bench.items()}, "bench_demo.yaml")
+    fast = {"batch": 16, "dtype": "bf16", "channels_last": True, "malloc": True}
+    demo_cases = [c for c in bm.volume_cases(cfg, 128, fast) if "demo scoring" in c["label"]]
+    assert [c["label"] for c in demo_cases] == ["volume 128² demo scoring, fast", "volume 128² demo scoring, fast, compiled"]
+    assert demo_cases[0]["t_star"] == [100, 150, 250] and demo_cases[0]["steps"] == 1 and demo_cases[0]["draws"] == 4
+    with pytest.raises(ConfigError, match="demo_scoring: \\['median_size'\\] unknown"):
+        validate(BenchConfig, {"demo_scoring": {"median_size": 5}}, "p.yaml")
 
 
 def test_bench_config_errors_name_the_parameter():
@@ -69,7 +86,12 @@ def test_benchmark_notebook_runs_end_to_end(tmp_path):
     result = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert [r["label"] for r in result["rows"] if "error" in r] == []
     assert {"train_fp32_ours_over_diffusers", "train_best_ours_over_best_diffusers", "train_fp32_conv_peak_fraction",
-            "volume_32_batched_over_naive", "volume_64_batched_over_naive"} <= set(result["ratios"])
+            "volume_32_batched_over_naive", "volume_64_batched_over_naive", "volume_64_demo_scoring_wall_s",
+            "volume_64_demo_scoring_compiled_wall_s", "train_compile_fp32_steady",
+            "train_compile_fp32_net_40_steps"} <= set(result["ratios"])
+    compiled = [r for r in result["rows"] if r.get("compile")]
+    assert {r["label"] for r in compiled} == {"train ours fp32 compiled", "volume 32² demo scoring, fast, compiled",
+                                              "volume 64² demo scoring, fast, compiled"}
     assert result["machine"]["torch"].startswith("2.13.0") and result["machine"]["cores"] >= 1
     assert [q["steps"] for q in result["quality"]] == [2, 4]
     assert (tmp_path / "bench" / "figures" / "quality_cost.png").is_file()
