@@ -39,7 +39,8 @@ class Augment:
         """The default augmentation with its rotation, scale, shift, gamma and bias ranges multiplied by
         ``strength`` (the trainer's ``augment_strength``), plus ``elastic`` and ``noise``."""
         if strength < 0 or elastic < 0 or noise < 0:
-            raise ValueError(f"augmentation strength, elastic and noise must be >= 0, got {strength}, {elastic}, {noise}")
+            raise ValueError(f"augmentation strength, elastic and noise must be >= 0, "
+                             f"got {strength}, {elastic}, {noise}")
         d = cls()
         return cls(d.rotate_deg * strength, d.scale * strength, d.shift * strength, d.gamma * strength,
                    d.bias * strength, d.p, elastic, noise)
