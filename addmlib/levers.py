@@ -325,6 +325,9 @@ def load_campaign_params(cfg: LeverConfig) -> dict[str, Any]:
                                   f"{variant!r}")
             if sc.get("patch_stride", 0) and not tcfg.patch_size:
                 raise ConfigError(f"scoring {name!r} sets patch_stride, but variant {variant!r} is not patch-trained")
+        if tcfg.lambda_adv > 0 and any(t > tcfg.num_steps for t in cfg.adv_profile_t):
+            raise ConfigError(f"adv_profile_t {list(cfg.adv_profile_t)} goes beyond T = {tcfg.num_steps} of variant "
+                              f"{variant!r}")
     return base
 
 

@@ -229,6 +229,12 @@ def test_lever_campaign_params_are_checked():
         load_campaign_params(bad)
     with pytest.raises(ConfigError, match="may only hold"):
         validate(LeverConfig, {"variants": {"a b": {}}}, "p")
+    deep = validate(LeverConfig, {**load_yaml(ROOT / "params" / "levers_ci.yaml"), "adv_profile_t": [5, 500]}, "p")
+    with pytest.raises(ConfigError, match="adv_profile_t \\[5, 500\\] goes beyond T = 100 of variant 'coarse'"):
+        load_campaign_params(deep)
+    # the campaign's reference point stays the paper's reading whatever the demo adopts (cached rows keep their meaning)
+    assert (base["noise"], base["sample_steps"], base["t_star_ensemble"], base["draws"], base["residual"]) == \
+        ("gaussian", 25, [], 1, "abs")
 
 
 def test_summary_gives_mean_and_spread_over_seeds():

@@ -24,6 +24,10 @@ def test_lever_campaign_runs_resumes_and_reports(tmp_path, capsys):
     summary = {(e["variant"], e["scoring"]): e for e in result["summary"]}
     assert summary[("coarse", "x0")]["seeds"] == 2 and summary[("intensity floor (x itself)", "-")]["seeds"] == 1
     assert all(0 <= r["auroc"] <= 1 for r in rows)
+    profile = json.loads((run_dir / "levers" / "adv_profile.json").read_text())["rows"]
+    assert [(r["variant"], r["t"]) for r in profile] == [("coarse", 5), ("coarse", 25), ("coarse", 90)]
+    assert all(r["grad_ddpm"] > 0 and r["ratio"] >= 0 for r in profile)
+    assert (run_dir / "levers" / "adv_profile.png").is_file()
     manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
     assert manifest["counts"]["tune"]["volumes"] > 0 and manifest["settings"]["tune_hosts"] == ["itk_t1"]
     # the command line finds everything done: nothing is trained or scored again
