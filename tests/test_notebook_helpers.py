@@ -96,6 +96,14 @@ def test_training_views_on_a_tiny_model():
     diffusion, gen = GaussianDiffusion(20, "linear"), torch.Generator().manual_seed(0)
     fig = trained_model.samples_figure(unet, diffusion, 16, 50, gen, torch.device("cpu"), n=3)
     assert fig.axes[0].get_title(loc="left") == "samples from noise (DDIM, 20 steps)", "steps capped at T"
+    drawn = []
+
+    def model_noise(like, generator=None):  # the noise a model was trained with: x_T and every step draw it
+        drawn.append(tuple(like.shape))
+        return make_noise("coarse")(like, generator)
+
+    trained_model.samples_figure(unet, diffusion, 16, 4, gen, torch.device("cpu"), n=2, noise_fn=model_noise)
+    assert drawn and drawn[0] == (2, 1, 16, 16), "x_T comes from the model's noise, not white noise"
     images = np.random.default_rng(0).uniform(-1, 1, (10, 16, 16)).astype(np.float32)
     fig, err = trained_model.reconstruction_figure(unet, diffusion, make_noise("gaussian"), images, 5, 50, gen,
                                                    torch.device("cpu"), n=4)

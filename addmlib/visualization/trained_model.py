@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..diffusion import GaussianDiffusion, strided_timesteps
+from ..diffusion import GaussianDiffusion, gaussian_noise, strided_timesteps
 from ..nets import count_parameters
 from .slices import slice_rows
 
@@ -28,10 +28,14 @@ def session_summary(result: Mapping[str, Any], log: Sequence[Mapping[str, Any]],
 
 
 def samples_figure(unet: torch.nn.Module, diffusion: GaussianDiffusion, size: int, steps: int,
-                   generator: torch.Generator, device: torch.device, n: int = 8) -> plt.Figure:
-    """``n`` unconditional samples of ``unet`` from pure noise with DDIM in ``min(steps, T)`` steps, in one row."""
+                   generator: torch.Generator, device: torch.device, n: int = 8,
+                   noise_fn: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = gaussian_noise
+                   ) -> plt.Figure:
+    """``n`` unconditional samples of ``unet`` from pure noise with DDIM in ``min(steps, T)`` steps, in one row;
+    ``noise_fn`` is the noise the model was trained with (x_T is drawn from it)."""
     steps = min(steps, diffusion.num_steps)
-    x = diffusion.sample(unet, (n, 1, size, size), steps=steps, sampler="ddim", generator=generator, device=device)
+    x = diffusion.sample(unet, (n, 1, size, size), steps=steps, sampler="ddim", noise_fn=noise_fn,
+                         generator=generator, device=device)
     return slice_rows({f"samples from noise (DDIM, {steps} steps)": x.cpu().numpy()})
 
 
