@@ -179,13 +179,14 @@ def volume_summary(volume_rows: Sequence[Mapping[str, Any]], volume_slices: int,
 
 
 def quality_summary(quality_rows: Sequence[Mapping[str, Any]]) -> Summary:
-    """The quality-cost rows as a table, and ADDM (lambda > 0) at each of its steps against DDPM (lambda = 0) at about
-    twice as many (within 10 % of 2x, e.g. 12 and 25): pooled AUPRC difference read against the larger per-volume
-    AUPRC std of the two (one training seed each: the spread is across volumes)."""
+    """The quality-cost rows as a table, and ADDM (lambda > 0) at each of its chain's steps against DDPM (lambda = 0)
+    at about twice as many (within 10 % of 2x, e.g. 12 and 25): pooled AUPRC difference read against the larger
+    per-volume AUPRC std of the two (one training seed each: the spread is across volumes)."""
     q = pd.DataFrame(list(quality_rows))
     lines = []
-    if len(q):
-        addm, ddpm = q[q["lambda_adv"] > 0], q[q["lambda_adv"] == 0]
+    chain = q[q["scoring"] == "chain"] if "scoring" in q else q
+    if len(chain):
+        addm, ddpm = chain[chain["lambda_adv"] > 0], chain[chain["lambda_adv"] == 0]
         for _, a in addm.iterrows():
             d = ddpm[(ddpm["steps"] - 2 * a["steps"]).abs() <= 0.1 * 2 * a["steps"]]
             if not len(d):

@@ -481,26 +481,33 @@ def missing_models(run_dir: str | Path, models: Sequence[str]) -> list[str]:
 def quality_curve(cfg: Any, batch: int, device: torch.device,
                   progress: Callable[[str], None] | None = _print) -> list[dict[str, Any]]:
     """AUPRC, Dice and AUROC of each of ``cfg.quality_models`` (trained in ``cfg.quality_run_dir``) at each of
-    ``cfg.quality_steps`` strided steps from ``cfg.t_star``, on every ``cfg.quality_slice_stride``-th slice of
-    ``cfg.quality_set``, with notebook 03's evaluation (threshold at 5 % FPR on healthy brains, default
-    post-processing), and the scoring wall time. One row per model and steps."""
+    ``cfg.quality_steps`` strided steps from ``cfg.t_star`` (``scoring`` "chain", |x - x_hat|), and with
+    ``cfg.demo_scoring`` when given (``scoring`` "demo"), at the evaluation's ``amp: auto``, on every
+    ``cfg.quality_slice_stride``-th slice of ``cfg.quality_set``, with notebook 03's evaluation (threshold at 5 % FPR
+    on healthy brains, default post-processing), and the scoring wall time. One row per model and scoring."""
     from .data.prepare import PreparedDataset
     from .evaluate import PostProcessing, diffusion_scorer, evaluate_model, use_channels_last
     from .training import model_dir
 
     run = Path(cfg.quality_run_dir).resolve()
     data, pp, rows = PreparedDataset(run / "data"), PostProcessing(), []
+    sc = cfg.demo_scoring
+    plans = [("chain", cfg.t_star, steps, 1, "abs") for steps in cfg.quality_steps]
+    if sc:
+        plans.append(("demo", list(sc.get("t_star_ensemble") or [int(sc.get("t_star", cfg.t_star))]),
+                      int(sc.get("sample_steps", 25)), int(sc.get("draws", 1)), str(sc.get("residual", "abs"))))
     for name in cfg.quality_models:
         ckpt = json.loads((model_dir(run, name) / "model.json").read_text())["checkpoint"]
-        for steps in cfg.quality_steps:
-            scorer, info = diffusion_scorer(ckpt, cfg.t_star, steps, "ddpm", "model", 1, batch, cfg.seed, device,
-                                            use_channels_last("auto", device))
+        for scoring, depths, steps, draws, residual in plans:
+            scorer, info = diffusion_scorer(ckpt, depths, steps, "ddpm", "model", draws, batch, cfg.seed, device,
+                                            use_channels_last("auto", device), "auto", residual=residual)
             t0 = time.perf_counter()
             res, scored = evaluate_model(scorer, data, [cfg.quality_set], cfg.quality_slice_stride, 0.05, pp, False,
                                          None)
             wall = time.perf_counter() - t0
             p, v = res[cfg.quality_set]["pooled"], res[cfg.quality_set]["per_volume_summary"]
-            rows.append({"model": name, "lambda_adv": info["lambda_adv"], "T": info["T"], "steps": info["steps"],
+            rows.append({"model": name, "scoring": scoring, "lambda_adv": info["lambda_adv"], "T": info["T"],
+                         "steps": info["steps"], "draws": draws,
                          "auprc": p["auprc"], "auprc_volume_mean": v["auprc"][0], "auprc_volume_std": v["auprc"][1],
                          "dice": p["dice"], "auroc": p["auroc"], "wall_s": round(wall, 1),
                          "slices": sum(len(x.slices) for xs in scored.values() for x in xs)})

@@ -74,6 +74,12 @@ def test_quality_summary_reads_addm_against_ddpm_at_about_twice_the_steps():
          {"model": "addm", "lambda_adv": 0.05, "steps": 50, "auprc": 0.30, "auprc_volume_std": 0.05},
          {"model": "ddpm", "lambda_adv": 0.0, "steps": 25, "auprc": 0.10, "auprc_volume_std": 0.02},
          {"model": "ddpm", "lambda_adv": 0.0, "steps": 50, "auprc": 0.28, "auprc_volume_std": 0.02}]
+    q.append({"model": "addm", "scoring": "demo", "lambda_adv": 0.05, "steps": 1, "auprc": 0.5,
+              "auprc_volume_std": 0.05})
+    q.append({"model": "ddpm", "scoring": "demo", "lambda_adv": 0.0, "steps": 2, "auprc": 0.5,
+              "auprc_volume_std": 0.05})
+    for row in q[:4]:
+        row["scoring"] = "chain"
     lines = bs.quality_summary(q).text.splitlines()
     assert lines[0] == "ADDM with half the steps against DDPM (one training seed each):"
     assert lines[2:] == ["- ADDM at 12 steps: pooled AUPRC 0.3000 against DDPM at 25 steps 0.1000 (Δ +0.2000, "

@@ -88,6 +88,13 @@ def test_ablation_and_quality_charts():
                        "wall_s": s, "slices": 40} for m in ("addm", "ddpm") for s in (12, 25)])
     fig = charts.quality_figure(q, "eval_a")
     assert fig.axes[1].get_xlabel() == "scoring wall time, 40 slices (s)" and len(fig.axes[1].lines) == 2
+    demo = pd.DataFrame([{"model": m, "scoring": "demo", "steps": 1, "auprc": 0.3, "auprc_volume_mean": 0.3,
+                          "auprc_volume_std": 0.02, "wall_s": 5, "slices": 40} for m in ("addm", "ddpm")])
+    fig = charts.quality_figure(pd.concat([q.assign(scoring="chain"), demo]), "eval_a")
+    labels = [line.get_label() for line in fig.axes[1].lines]
+    assert labels == ["addm: chain", "addm: the demo's scoring", "ddpm: chain", "ddpm: the demo's scoring"]
+    chain_only = charts.quality_figure(q, "eval_a")
+    assert len(fig.axes[0].lines) == len(chain_only.axes[0].lines), "the steps panel holds the chains only"
 
 
 def test_training_views_on_a_tiny_model():

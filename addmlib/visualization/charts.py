@@ -74,14 +74,21 @@ def ablation_figure(df: pd.DataFrame, split: str, metric: str) -> plt.Figure:
 
 
 def quality_figure(quality: pd.DataFrame, eval_set: str) -> plt.Figure:
-    """The benchmark's quality-cost curve, one line per model: AUPRC against sampling steps (per-volume mean +- std
-    and pooled), and pooled AUPRC against the scoring wall time."""
+    """The benchmark's quality-cost curve, one line per model: AUPRC of the sampled chain against its steps
+    (per-volume mean +- std and pooled), and pooled AUPRC against the scoring wall time, where the demo's own scoring
+    (rows with ``scoring`` "demo", if any) is a star beside each model's chain."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for name, g in quality.groupby("model"):
+    has = "scoring" in quality
+    chain = (quality["scoring"] == "chain").to_numpy() if has else np.ones(len(quality), dtype=bool)
+    demo_rows = (quality["scoring"] == "demo").to_numpy() if has else np.zeros(len(quality), dtype=bool)
+    for i, (name, g) in enumerate(quality[chain].groupby("model")):
         axes[0].errorbar(g["steps"], g["auprc_volume_mean"], yerr=g["auprc_volume_std"], marker="o", capsize=3,
-                         label=f"{name}: per-volume mean ± std")
-        axes[0].plot(g["steps"], g["auprc"], "x--", label=f"{name}: pooled")
-        axes[1].plot(g["wall_s"], g["auprc"], "o-", label=name)
+                         color=f"C{i}", label=f"{name}: per-volume mean ± std")
+        axes[0].plot(g["steps"], g["auprc"], "x--", color=f"C{i}", label=f"{name}: pooled")
+        axes[1].plot(g["wall_s"], g["auprc"], "o-", color=f"C{i}", label=f"{name}: chain")
+        demo = quality[demo_rows & (quality["model"] == name).to_numpy()]
+        if len(demo):
+            axes[1].plot(demo["wall_s"], demo["auprc"], "*", ms=12, color=f"C{i}", label=f"{name}: the demo's scoring")
     axes[0].set(xlabel="sampling steps from t*", ylabel="AUPRC", title=f"{eval_set}: quality vs steps", xscale="log")
     axes[1].set(xlabel=f"scoring wall time, {quality['slices'].iloc[0]} slices (s)", ylabel="pooled AUPRC",
                 title="quality vs cost")
