@@ -379,6 +379,14 @@ def fastest(rows: Sequence[Mapping[str, Any]], dtypes: Sequence[str] = ("fp32",)
             "batch": best["best_batch"], "s_per_image_step": min(best["s_per_image_step"].values())}
 
 
+def demo_scoring(cfg: Any) -> tuple[list[int], int, int, str]:
+    """(depths, steps per depth, draws, residual) of ``cfg.demo_scoring``, with EvalConfig's defaults where it is
+    silent (the depth: ``cfg.t_star``)."""
+    sc = cfg.demo_scoring
+    depths = [int(t) for t in sc.get("t_star_ensemble") or [sc.get("t_star", cfg.t_star)]]
+    return depths, int(sc.get("sample_steps", 50)), int(sc.get("draws", 1)), str(sc.get("residual", "abs"))
+
+
 def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One volume with the fast path for each of ``volume_steps`` (sizes above ``image_size``: the fewest only, time
     being linear in steps), and the naive loop (batch 1, fp32, no switches) at the fewest steps on ``naive_slices``."""
@@ -395,11 +403,9 @@ def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str,
             out.append({**common, "label": f"volume {size}² {n} steps, naive loop", "batch": 1, "dtype": "fp32",
                         "channels_last": False, "malloc": False, "slices": min(cfg.naive_slices, cfg.volume_slices)})
     if cfg.demo_scoring:
-        sc = cfg.demo_scoring
-        depths = list(sc.get("t_star_ensemble") or [int(sc.get("t_star", cfg.t_star))])
-        steps = int(sc.get("sample_steps", 25))
+        depths, steps, draws, _ = demo_scoring(cfg)
         demo = {"case": "volume", "threads": cfg.threads, "device": cfg.device, "slices": cfg.volume_slices,
-                "t_star": depths if len(depths) > 1 else depths[0], "steps": steps, "draws": int(sc.get("draws", 1)),
+                "t_star": depths if len(depths) > 1 else depths[0], "steps": steps, "draws": draws,
                 "batch": fast["batch"], "dtype": fast["dtype"], "channels_last": fast["channels_last"],
                 "malloc": fast["malloc"], **arch(cfg, size)}
         out.append({**demo, "label": f"volume {size}² demo scoring, fast"})
@@ -491,11 +497,9 @@ def quality_curve(cfg: Any, batch: int, device: torch.device,
 
     run = Path(cfg.quality_run_dir).resolve()
     data, pp, rows = PreparedDataset(run / "data"), PostProcessing(), []
-    sc = cfg.demo_scoring
-    plans = [("chain", cfg.t_star, steps, 1, "abs") for steps in cfg.quality_steps]
-    if sc:
-        plans.append(("demo", list(sc.get("t_star_ensemble") or [int(sc.get("t_star", cfg.t_star))]),
-                      int(sc.get("sample_steps", 25)), int(sc.get("draws", 1)), str(sc.get("residual", "abs"))))
+    plans: list[tuple[str, Any, int, int, str]] = [("chain", cfg.t_star, s, 1, "abs") for s in cfg.quality_steps]
+    if cfg.demo_scoring:
+        plans.append(("demo", *demo_scoring(cfg)))
     for name in cfg.quality_models:
         ckpt = json.loads((model_dir(run, name) / "model.json").read_text())["checkpoint"]
         for scoring, depths, steps, draws, residual in plans:

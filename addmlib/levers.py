@@ -241,7 +241,7 @@ def adversarial_profiles(cfg: LeverConfig, base: Mapping[str, Any]) -> list[dict
 
     run_dir = Path(cfg.run_dir).resolve()
     own = {f.name for f in dataclasses.fields(TrainConfig)}
-    images = PreparedDataset(run_dir / "data").slices("train")["image"]
+    images = PreparedDataset(run_dir / "data").slices("train")["image"][:, None]
     out = []
     for variant, overrides in cfg.variants.items():
         params = {k: v for k, v in {**base, **overrides}.items() if k in own}
