@@ -93,5 +93,6 @@ def test_benchmark_notebook_runs_end_to_end(tmp_path):
     assert {r["label"] for r in compiled} == {"train ours fp32 compiled", "volume 32² demo scoring, fast, compiled",
                                               "volume 64² demo scoring, fast, compiled"}
     assert result["machine"]["torch"].startswith("2.13.0") and result["machine"]["cores"] >= 1
-    assert [q["steps"] for q in result["quality"]] == [2, 4]
+    assert [(q["scoring"], q["steps"], q["draws"]) for q in result["quality"]] == [("chain", 2, 1), ("chain", 4, 1),
+                                                                                ("demo", 1, 2)]
     assert (tmp_path / "bench" / "figures" / "quality_cost.png").is_file()
