@@ -259,7 +259,7 @@ def plot_adv_profile(rows: Sequence[Mapping[str, Any]]) -> Any:
     """||grad lambda L_Adv|| / ||grad L_DDPM|| and D's accuracy against t, one line per variant."""
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_d) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (ax_r, ax_d) = plt.subplots(1, 2, figsize=(13, 4.2))
     for i, v in enumerate(dict.fromkeys(r["variant"] for r in rows)):
         rs = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["t"])
         ts = [r["t"] for r in rs]
@@ -269,8 +269,8 @@ def plot_adv_profile(rows: Sequence[Mapping[str, Any]]) -> Any:
     ax_r.set(xlabel="t", ylabel="‖∇ λ·L_Adv‖ / ‖∇ L_DDPM‖", yscale="log", title="how hard the adversarial term pulls")
     ax_d.axhline(0.5, color="grey", lw=0.8)
     ax_d.set(xlabel="t", ylabel="D's accuracy", ylim=(0, 1), title="D on real and fake x_{t-1} (chance 0.5)")
-    for ax in (ax_r, ax_d):
-        ax.legend(fontsize=7)
+    ax_r.legend(fontsize=7)
+    ax_d.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
