@@ -338,6 +338,7 @@ class TrainConfig(ModelConfig):
     d_beta1: float = 0.5
     d_steps: int = 1
     adv_t_max: int = 0
+    adv_target: Literal["x_prev", "x0"] = "x_prev"
     train_t_max: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.999

@@ -14,11 +14,16 @@ How we read Eq. 5 (the paper is ambiguous; see notebooks/00_method.ipynb for the
   standard non-saturating generator loss L_Adv = -E[log D(fake)] (Goodfellow et al. 2014), scaled by lambda.
   D minimises the binary cross-entropy -log D(real) - log(1 - D(fake)).
 * lambda = 0 is exactly the DDPM baseline (Pinaya et al.): the discriminator is not evaluated at all.
+* ``adv_target = "x0"`` is not the paper's: D compares the model's one-step estimate
+  x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_bar_t) with the clean x_0. With T = 1000 small steps the
+  paper's real and fake x_{t-1} differ by a mean shift far below sigma_t, so its D has nothing to see (README, "The
+  adversarial term does not act"); x0_hat is what one-step detection reads, and at large t it is visibly blurred.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +66,9 @@ class ADDMTerms:
     adv_weight: torch.Tensor | None = None  # 1 for the samples L_Adv (and D) use, 0 otherwise; None: all
 
 
+AdvTarget = Literal["x_prev", "x0"]
+
+
 def sample_timesteps(batch: int, num_steps: int, device: torch.device,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """t ~ Uniform{1, ..., T}."""
@@ -72,7 +80,7 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
                          discriminator: Discriminator | None = None, t: torch.Tensor | None = None,
                          noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
                          adv_t_max: int | None = None, t_max: int | None = None,
-                         patch_mask: torch.Tensor | None = None) -> ADDMTerms:
+                         patch_mask: torch.Tensor | None = None, adv_target: AdvTarget = "x_prev") -> ADDMTerms:
     """L_ADDM = L_DDPM + lambda * L_Adv for one batch x0 (B, C, H, W) in [-1, 1].
 
     With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
@@ -81,6 +89,7 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     parameters would receive gradients from ``total`` too: the trainer freezes them during the U-Net's update.
     ``patch_mask`` (B, 1, H, W; pDDPM): only the patch is noised, the rest of x_t is the clean x0; L_DDPM is the mean
     over the patch, and D's real and fake x_{t-1} carry the same clean context.
+    ``adv_target``: what D judges, the paper's x_{t-1} ("x_prev") or the one-step estimate x0_hat against x_0 ("x0").
     """
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam}")
@@ -102,12 +111,17 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
         return ADDMTerms(l_ddpm, l_ddpm, zero, t, x_t, None, None)
     if discriminator is None:
         raise ValueError(f"lambda = {lam} > 0 needs a discriminator")
-    # Fake: the model's reverse step, reparameterised (no x0 clipping so gradients flow everywhere).
-    mu_theta, _ = diffusion.p_mean(x_t, t, eps_pred.to(x_t.dtype), clip=False)
-    _, post_var = diffusion.q_posterior_mean_variance(x0, x_t, t)
-    fake_prev = mu_theta + post_var.sqrt() * noise_fn(x0, generator)
-    # Real: forward-process x_{t-1}, drawn given the same x_t (marginally q(x_{t-1} | x_0)).
-    real_prev = diffusion.q_posterior_sample(x0, x_t, t, noise_fn(x0, generator))
+    if adv_target == "x0":  # fake: x0_hat(x_t, eps_theta), unclipped so gradients flow everywhere; real: x_0
+        fake_prev, real_prev = diffusion.predict_x0(x_t, t, eps_pred.to(x_t.dtype)), x0
+    elif adv_target == "x_prev":
+        # Fake: the model's reverse step, reparameterised (no x0 clipping so gradients flow everywhere).
+        mu_theta, _ = diffusion.p_mean(x_t, t, eps_pred.to(x_t.dtype), clip=False)
+        _, post_var = diffusion.q_posterior_mean_variance(x0, x_t, t)
+        fake_prev = mu_theta + post_var.sqrt() * noise_fn(x0, generator)
+        # Real: forward-process x_{t-1}, drawn given the same x_t (marginally q(x_{t-1} | x_0)).
+        real_prev = diffusion.q_posterior_sample(x0, x_t, t, noise_fn(x0, generator))
+    else:
+        raise ValueError(f"adv_target must be 'x_prev' or 'x0', got {adv_target!r}")
     if patch_mask is not None:
         fake_prev, real_prev = patch_noise(x0, fake_prev, patch_mask), patch_noise(x0, real_prev, patch_mask)
     cond = x_t if discriminator.config.conditional else None

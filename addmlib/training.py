@@ -13,6 +13,8 @@ Choices the paper leaves open, as parameters (``TrainConfig``) with these defaul
 * D's optimiser: Adam, lr 1e-4, betas (0.5, 0.999): the usual GAN setting (DCGAN), same lr as the U-Net.
 * D steps per U-Net step: 1 (the paper's Fig. 1 shows one alternating update).
 * t range for L_Adv: every t (``adv_t_max = 0``); set it to t* to focus D on the depths detection uses.
+* What D judges: the paper's x_{t-1} (``adv_target = "x_prev"``); ``"x0"`` judges the one-step estimate x0_hat
+  against x_0 instead (not the paper's; see ``addmlib.losses``).
 * Gradient clipping: global norm 1.0 on both networks (improved-diffusion clips at 1.0).
 * EMA rate: 0.999, because our runs are short (thousands of steps); 0.9999 suits paper-length runs.
 * "Epoch" = one pass over the training slices; the lr decays x0.999 every 200 epochs as in the paper.
@@ -64,7 +66,7 @@ ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise",
                      "simplex_persistence", "simplex_frequency", "coarse_spacing", "lambda_adv", "discriminator",
                      "unet_base_channels", "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions",
                      "unet_dropout", "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
-                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "train_t_max", "patch_size", "grad_clip",
+                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "adv_target", "train_t_max", "patch_size", "grad_clip",
                      "ema_decay", "augment", "augment_strength", "augment_elastic",
                      "augment_noise", "seed")
 
@@ -251,7 +253,7 @@ class Trainer:
             terms = addm_generator_terms(self.g_model, self.diffusion, x0, cfg.lambda_adv, self.disc, t=None,
                                          noise_fn=self._noise, generator=self.gen,
                                          adv_t_max=cfg.adv_t_max or None, t_max=cfg.train_t_max or None,
-                                         patch_mask=mask)
+                                         patch_mask=mask, adv_target=cfg.adv_target)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         self.scaler.unscale_(self.opt_g)

@@ -221,6 +221,8 @@ def test_lever_campaign_params_are_checked():
     cfg = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_demo.yaml"), "levers_demo.yaml")
     base = load_campaign_params(cfg)
     assert base["image_size"] == 64 and "coarse8" in cfg.variants
+    res = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_res96.yaml"), "levers_res96.yaml")
+    assert load_campaign_params(res)["image_size"] == 96
     bad = validate(LeverConfig, {"variants": {"x": {"nois": "coarse"}}}, "p")
     with pytest.raises(ConfigError, match="variant 'x': \\['nois'\\] are not training parameters"):
         load_campaign_params(bad)

@@ -106,3 +106,19 @@ def test_negative_lambda_and_missing_discriminator_are_errors():
         addm_generator_terms(unet, diff, x0, -0.1, disc)
     with pytest.raises(ValueError, match="discriminator"):
         addm_generator_terms(unet, diff, x0, 0.1, None)
+
+
+def test_adv_target_x0_judges_the_one_step_estimate_against_x0():
+    unet, disc, diff, x0 = _setup()
+    t = torch.tensor([2, 30, 60, 90])
+    terms = addm_generator_terms(unet, diff, x0, 0.5, disc, t=t, generator=torch.Generator().manual_seed(4),
+                                 adv_target="x0")
+    with torch.no_grad():
+        x0_hat = diff.predict_x0(terms.x_t, t, unet(terms.x_t, t))
+    assert torch.equal(terms.real_prev, x0)
+    assert torch.allclose(terms.fake_prev, x0_hat, atol=1e-6)
+    unet.zero_grad()
+    terms.adv.backward()
+    assert sum(float(p.grad.abs().sum()) for p in unet.parameters() if p.grad is not None) > 0
+    with pytest.raises(ValueError, match="adv_target"):
+        addm_generator_terms(unet, diff, x0, 0.5, disc, t=t, adv_target="x_t")

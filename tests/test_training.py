@@ -62,6 +62,17 @@ def test_loss_decreases_and_discriminator_accuracy_moves(tmp_path):
     assert saved_cfg.lambda_adv == 0.1 and unet(torch.zeros(1, 1, 16, 16), torch.tensor([3])).shape == (1, 1, 16, 16)
 
 
+def test_discriminator_on_x0_hat_learns_where_the_papers_stays_at_chance(tmp_path):
+    """The paper's D (x_{t-1}) sits at 2 ln 2; a D on the one-step estimate x0_hat sees the blur and learns."""
+    last = {}
+    for target in ("x_prev", "x0"):
+        train(_cfg(tmp_path / target, lambda_adv=0.1, max_steps=60, adv_target=target), _blobs())
+        log = read_log(model_dir(tmp_path / target, "addm") / "train_log.jsonl")[-20:]
+        last[target] = (np.mean([r["d_loss"] for r in log]), np.mean([r["d_acc_real"] + r["d_acc_fake"] for r in log]))
+    assert last["x0"][0] < last["x_prev"][0] - 0.15 and last["x0"][0] < 2 * np.log(2) - 0.15, last
+    assert last["x0"][1] > 1.15, last
+
+
 def test_lambda_zero_never_builds_or_updates_a_discriminator(tmp_path):
     cfg = _cfg(tmp_path, lambda_adv=0.0, max_steps=5, model_name="ddpm")
     trainer = Trainer(cfg, _blobs(), model_dir(tmp_path, "ddpm"))
