@@ -11,19 +11,7 @@ from addmlib.data.augment import Augment
 from addmlib.diagnostics import adversarial_profile
 from addmlib.training import model_dir, train
 
-
-def _slices(n=12, size=16, seed=0):
-    """Ellipses of tissue (0.4) with a darker blob, background -1."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
-    out = []
-    for _ in range(n):
-        a, b = rng.uniform(0.6, 0.9, 2)
-        img = np.where((xx / a) ** 2 + (yy / b) ** 2 < 1, 0.4, -1.0)
-        cx, cy = rng.uniform(-0.3, 0.3, 2)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < 0.04] = -0.3
-        out.append(img)
-    return torch.tensor(np.stack(out), dtype=torch.float32)[:, None]
+from .test_training import _blobs
 
 
 def _cfg(tmp_path, **kw):
@@ -36,7 +24,7 @@ def _cfg(tmp_path, **kw):
 
 
 def test_profile_measures_both_gradients_and_scales_with_lambda(tmp_path):
-    images = _slices()
+    images = _blobs()
     rows = {}
     for lam in (0.05, 0.5):
         cfg = _cfg(tmp_path, lambda_adv=lam, model_name=f"lam{lam}")
@@ -54,7 +42,7 @@ def test_profile_measures_both_gradients_and_scales_with_lambda(tmp_path):
 
 
 def test_profile_refuses_a_ddpm_and_bad_depths(tmp_path):
-    images = _slices()
+    images = _blobs()
     train(_cfg(tmp_path, lambda_adv=0.0, model_name="ddpm"), images)
     with pytest.raises(ValueError, match="without the adversarial term"):
         adversarial_profile(model_dir(tmp_path, "ddpm") / "checkpoint.pt", images, [5])
@@ -66,7 +54,7 @@ def test_profile_refuses_a_ddpm_and_bad_depths(tmp_path):
 
 
 def test_stronger_augmentation_keeps_range_and_background_and_default_is_unchanged():
-    x = _slices(n=6, size=32)
+    x = _blobs(n=6, size=32)
     plain = Augment()(x, torch.Generator().manual_seed(3))
     assert torch.equal(Augment.of_strength(1.0)(x, torch.Generator().manual_seed(3)), plain), \
         "strength 1 without elastic or noise is the default augmentation, draw for draw"
