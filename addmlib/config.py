@@ -553,10 +553,13 @@ class LeverConfig(RunConfig):
     name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler, patch_stride);
     ``variant_scorings``: variant -> the scorings it gets (default: all; e.g. only cheap ones for patch models);
     ``variant_seeds``: variant or baseline -> the seeds it is trained with (default: all of ``seeds``);
-    ``adv_profile_t``: the depths at which each ADDM variant's adversarial gradient is profiled (empty: none)."""
+    ``adv_profile_t``: the depths at which each ADDM variant's adversarial gradient is profiled (empty: none);
+    ``base_overrides``: pipeline parameters over the ``base_params`` files for the whole campaign, data included (e.g.
+    ``image_size`` or ``healthy_sources``: such a campaign needs its own run folder)."""
 
     run_dir: str = "../outputs/levers"
     base_params: tuple[str, ...] = ("params/demo.yaml",)
+    base_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     tune_hosts: tuple[str, ...] = ("itk_t1",)
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"gaussian": {}})
     scorings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"default": {}})

@@ -296,13 +296,15 @@ def write_results(run_dir: str | Path, rows: Sequence[Mapping[str, Any]], cfg: L
 
 def load_campaign_params(cfg: LeverConfig) -> dict[str, Any]:
     """The base (pipeline) parameters of the campaign: its ``base_params`` files (relative to the repository) merged
-    in order, every name and type checked like a pipeline file, with the campaign's seed and threads; every variant's
-    and scoring's keys checked too. Errors are one-line ConfigErrors."""
+    in order, then its ``base_overrides``, every name and type checked like a pipeline file, with the campaign's seed
+    and threads; every variant's and scoring's keys checked too. Errors are one-line ConfigErrors."""
     from .pipeline import REPO_ROOT
 
     files = [Path(f) if Path(f).is_absolute() else REPO_ROOT / f for f in cfg.base_params]
     base, source = load_yaml_files(files)
     check_pipeline_parameters(base, source)
+    base.update(cfg.base_overrides)
+    check_pipeline_parameters(base, "base_overrides")
     base.update(seed=cfg.seed, threads=cfg.threads)
     for name, overrides in cfg.variants.items():
         bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})

@@ -1,6 +1,7 @@
 """Detection levers: amp choice, coarse noise, t* ensembles and one-step maps, floors, the DAE, the tuning split,
 the Debian fetcher and the lever campaign's parameters."""
 
+import dataclasses
 import io
 import tarfile
 from pathlib import Path
@@ -223,6 +224,10 @@ def test_lever_campaign_params_are_checked():
     assert base["image_size"] == 64 and "coarse8" in cfg.variants
     res = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_res96.yaml"), "levers_res96.yaml")
     assert load_campaign_params(res)["image_size"] == 96
+    few = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_templates.yaml"), "levers_templates.yaml")
+    assert "mrhead" not in load_campaign_params(few)["healthy_sources"]
+    with pytest.raises(ConfigError, match="base_overrides: .*'image_sise'"):
+        load_campaign_params(dataclasses.replace(res, base_overrides={"image_sise": 96}))
     bad = validate(LeverConfig, {"variants": {"x": {"nois": "coarse"}}}, "p")
     with pytest.raises(ConfigError, match="variant 'x': \\['nois'\\] are not training parameters"):
         load_campaign_params(bad)
