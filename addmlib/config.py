@@ -555,7 +555,8 @@ class LeverConfig(RunConfig):
     ``variant_seeds``: variant or baseline -> the seeds it is trained with (default: all of ``seeds``);
     ``adv_profile_t``: the depths at which each ADDM variant's adversarial gradient is profiled (empty: none);
     ``base_overrides``: pipeline parameters over the ``base_params`` files for the whole campaign, data included (e.g.
-    ``image_size`` or ``healthy_sources``: such a campaign needs its own run folder)."""
+    ``image_size`` or ``healthy_sources``: such a campaign needs its own run folder); ``beside_runs``: run folders of
+    such campaigns (relative to the repository), whose summaries the notebook shows beside this one's."""
 
     run_dir: str = "../outputs/levers"
     base_params: tuple[str, ...] = ("params/demo.yaml",)
@@ -571,6 +572,7 @@ class LeverConfig(RunConfig):
     dae_steps: int = 1500
     slice_stride: int = 3
     adv_profile_t: tuple[int, ...] = (10, 50, 100, 250, 500, 750, 950)
+    beside_runs: tuple[str, ...] = ()
 
     def check(self) -> None:
         super().check()

@@ -192,6 +192,22 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: -e["auprc_mean"])
 
 
+def beside_summaries(cfg: LeverConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """The summaries of the campaigns in ``cfg.beside_runs`` (their ``levers/levers.json``), each variant marked with
+    its run folder's name, e.g. "coarse12-96 [levers96]"; and the folders that hold no results yet."""
+    from .pipeline import REPO_ROOT
+
+    out, missing = [], []
+    for folder in cfg.beside_runs:
+        path = (Path(folder) if Path(folder).is_absolute() else REPO_ROOT / folder) / "levers" / "levers.json"
+        if not path.is_file():
+            missing.append(folder)
+            continue
+        for entry in json.loads(path.read_text())["summary"]:
+            out.append({**entry, "variant": f"{entry['variant']} [{Path(folder).name}]"})
+    return out, missing
+
+
 def lever_table(summary: Sequence[Mapping[str, Any]]) -> str:
     """The summary as a Markdown table: mean ± std over seeds (and seed count), floors and baselines marked."""
     rows = ["| variant | scoring | seeds | AUROC | AUPRC | Dice @ 5 % FPR | best Dice (tuning) | s per scoring |",
@@ -268,7 +284,7 @@ def plot_adv_profile(rows: Sequence[Mapping[str, Any]]) -> Any:
         ax_d.plot(ts, [r["d_acc_fake"] for r in rs], "s--", color=f"C{i}", label=f"{v}: fake")
     ax_r.set(xlabel="t", ylabel="‖∇ λ·L_Adv‖ / ‖∇ L_DDPM‖", yscale="log", title="how hard the adversarial term pulls")
     ax_d.axhline(0.5, color="grey", lw=0.8)
-    ax_d.set(xlabel="t", ylabel="D's accuracy", ylim=(0, 1), title="D on real and fake x_{t-1} (chance 0.5)")
+    ax_d.set(xlabel="t", ylabel="D's accuracy", ylim=(0, 1), title="D on real and fake samples (chance 0.5)")
     ax_r.legend(fontsize=7)
     ax_d.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

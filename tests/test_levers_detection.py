@@ -3,6 +3,7 @@ the Debian fetcher and the lever campaign's parameters."""
 
 import dataclasses
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from addmlib.data.prepare import PrepareSettings, subjects_for
 from addmlib.data.sources import SOURCES, SourceError, _extract
 from addmlib.detect import score_volume
 from addmlib.diffusion import GaussianDiffusion
-from addmlib.levers import load_campaign_params, summarise
+from addmlib.levers import beside_summaries, lever_table, load_campaign_params, summarise
 from addmlib.noise import CoarseNoise, make_noise
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,6 +255,17 @@ def test_summary_gives_mean_and_spread_over_seeds():
     assert out[0]["seeds"] == 2 and out[0]["auprc_mean"] == pytest.approx(0.2)
     assert out[0]["auprc_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1)) and out[1]["auprc_std"] == 0.0
     assert out[0]["auroc_min"] == 0.8 and out[0]["auroc_max"] == 0.9
+
+
+def test_beside_runs_join_the_table_marked_with_their_folder(tmp_path):
+    rows = [{"kind": "diffusion", "variant": "v96", "scoring": "s", "seed": 0, "auroc": 0.9, "auprc": 0.2,
+             "dice": 0.1, "best_dice": 0.2, "seconds": 1.0}]
+    (tmp_path / "levers96" / "levers").mkdir(parents=True)
+    (tmp_path / "levers96" / "levers" / "levers.json").write_text(json.dumps({"summary": summarise(rows)}))
+    cfg = LeverConfig(beside_runs=(str(tmp_path / "levers96"), str(tmp_path / "not-yet")))
+    beside, missing = beside_summaries(cfg)
+    assert [e["variant"] for e in beside] == ["v96 [levers96]"] and missing == [str(tmp_path / "not-yet")]
+    assert "| v96 [levers96] | s | 1 | 0.900 | 0.200 |" in lever_table(beside)
 
 
 # ----- patch-wise noising (pDDPM) --------------------------------------------------------------------------------
