@@ -225,6 +225,8 @@ def test_lever_campaign_params_are_checked():
     assert base["image_size"] == 64 and "coarse8" in cfg.variants
     res = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_res96.yaml"), "levers_res96.yaml")
     assert load_campaign_params(res)["image_size"] == 96
+    draw2 = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_draw2.yaml"), "levers_draw2.yaml")
+    assert load_campaign_params(draw2)["seed"] == 1  # the data seed: the tuning lesions are drawn anew
     few = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_templates.yaml"), "levers_templates.yaml")
     assert "mrhead" not in load_campaign_params(few)["healthy_sources"]
     with pytest.raises(ConfigError, match="base_overrides: .*'image_sise'"):
