@@ -221,6 +221,13 @@ def lever_table(summary: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _colour(i: int) -> Any:
+    """The i-th of 20 distinct colours (matplotlib's default cycle repeats after 10, and campaigns have more)."""
+    import matplotlib.pyplot as plt
+
+    return plt.get_cmap("tab20")(i % 20)
+
+
 def plot_levers(summary: Sequence[Mapping[str, Any]]) -> Any:
     """AUROC and AUPRC per (variant, scoring) with the seed range as error bars; floors as horizontal lines."""
     import matplotlib.pyplot as plt
@@ -238,10 +245,10 @@ def plot_levers(summary: Sequence[Mapping[str, Any]]) -> Any:
             mean = np.array([es[s][f"{metric}_mean"] for s in scorings if s in es])
             lo = mean - np.array([es[s][f"{metric}_min"] for s in scorings if s in es])
             hi = np.array([es[s][f"{metric}_max"] for s in scorings if s in es]) - mean
-            ax.bar(xs, mean, width, yerr=[lo, hi], capsize=2, label=v)
+            ax.bar(xs, mean, width, yerr=[lo, hi], capsize=2, label=v, color=_colour(i))
         for j, e in enumerate(base):
             label = e["variant"] if e["scoring"] == "-" else f"{e['variant']}, {e['scoring']}"
-            ax.axhline(e[f"{metric}_mean"], color=f"C{len(variants) + j}", ls="--", lw=1, label=label)
+            ax.axhline(e[f"{metric}_mean"], color=_colour(len(variants) + j), ls="--", lw=1, label=label)
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(scorings))], scorings, rotation=60, ha="right",
                       fontsize=7)
         ax.set(title=f"tuning split: {metric.upper()} (bars: mean, whiskers: seed range)", ylabel=metric)
@@ -279,9 +286,9 @@ def plot_adv_profile(rows: Sequence[Mapping[str, Any]]) -> Any:
     for i, v in enumerate(dict.fromkeys(r["variant"] for r in rows)):
         rs = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["t"])
         ts = [r["t"] for r in rs]
-        ax_r.plot(ts, [r["ratio"] for r in rs], "o-", color=f"C{i}", label=f"{v} (λ = {rs[0]['lambda_adv']:g})")
-        ax_d.plot(ts, [r["d_acc_real"] for r in rs], "o-", color=f"C{i}", label=f"{v}: real")
-        ax_d.plot(ts, [r["d_acc_fake"] for r in rs], "s--", color=f"C{i}", label=f"{v}: fake")
+        ax_r.plot(ts, [r["ratio"] for r in rs], "o-", color=_colour(i), label=f"{v} (λ = {rs[0]['lambda_adv']:g})")
+        ax_d.plot(ts, [r["d_acc_real"] for r in rs], "o-", color=_colour(i), label=f"{v}: real")
+        ax_d.plot(ts, [r["d_acc_fake"] for r in rs], "s--", color=_colour(i), label=f"{v}: fake")
     ax_r.set(xlabel="t", ylabel="‖∇ λ·L_Adv‖ / ‖∇ L_DDPM‖", yscale="log", title="how hard the adversarial term pulls")
     ax_d.axhline(0.5, color="grey", lw=0.8)
     ax_d.set(xlabel="t", ylabel="D's accuracy", ylim=(0, 1), title="D on real and fake samples (chance 0.5)")
