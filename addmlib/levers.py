@@ -195,11 +195,11 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def beside_summaries(cfg: LeverConfig) -> tuple[list[dict[str, Any]], list[str]]:
     """The summaries of the campaigns in ``cfg.beside_runs`` (their ``levers/levers.json``), each variant marked with
     its run folder's name, e.g. "coarse12-96 [levers96]"; and the folders that hold no results yet."""
-    from .pipeline import REPO_ROOT
+    from .sweep import resolve_param_file
 
     out, missing = [], []
     for folder in cfg.beside_runs:
-        path = (Path(folder) if Path(folder).is_absolute() else REPO_ROOT / folder) / "levers" / "levers.json"
+        path = resolve_param_file(folder) / "levers" / "levers.json"
         if not path.is_file():
             missing.append(folder)
             continue
@@ -321,13 +321,12 @@ def load_campaign_params(cfg: LeverConfig) -> dict[str, Any]:
     """The base (pipeline) parameters of the campaign: its ``base_params`` files (relative to the repository) merged
     in order, then its ``base_overrides``, every name and type checked like a pipeline file, with the campaign's seed
     and threads; every variant's and scoring's keys checked too. Errors are one-line ConfigErrors."""
-    from .pipeline import REPO_ROOT
+    from .sweep import resolve_param_file
 
-    files = [Path(f) if Path(f).is_absolute() else REPO_ROOT / f for f in cfg.base_params]
-    base, source = load_yaml_files(files)
+    base, source = load_yaml_files([resolve_param_file(f) for f in cfg.base_params])
     check_pipeline_parameters(base, source)
+    check_pipeline_parameters(cfg.base_overrides, "base_overrides")
     base.update(cfg.base_overrides)
-    check_pipeline_parameters(base, "base_overrides")
     base.update(seed=cfg.seed, threads=cfg.threads)
     for name, overrides in cfg.variants.items():
         bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})

@@ -66,8 +66,8 @@ ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise",
                      "simplex_persistence", "simplex_frequency", "coarse_spacing", "lambda_adv", "discriminator",
                      "unet_base_channels", "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions",
                      "unet_dropout", "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
-                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "adv_target", "train_t_max", "patch_size", "grad_clip",
-                     "ema_decay", "augment", "augment_strength", "augment_elastic",
+                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "adv_target", "train_t_max",
+                     "patch_size", "grad_clip", "ema_decay", "augment", "augment_strength", "augment_elastic",
                      "augment_noise", "seed")
 
 
