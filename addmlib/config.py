@@ -279,7 +279,10 @@ class PrepareConfig(RunConfig):
     ``min_mask_overlap``: the least fraction of a lesion or brain mask's nonzero voxels that must lie inside its scan's
     field of view (a mask elsewhere in the world is refused). ``allow_empty_masks``: a tumour scan whose lesion, or a
     scan whose brain mask, is empty after preprocessing is an error; with this switch it is a warning recorded in the
-    manifest instead (the scan is kept without lesion, or left out without brain).
+    manifest instead (the scan is kept without lesion, or left out without brain). ``tune_draws``: how many times
+    each tuning host gets its lesions (``lesions_per_host`` synthetic ones, going on through the size and polarity
+    cycle, and one pasted tumour per donor), so that the tuning split holds enough lesions to rank settings; the other
+    splits do not change with it.
     """
 
     image_size: int = 64
@@ -301,9 +304,12 @@ class PrepareConfig(RunConfig):
     data_cache_dir: str = ""
     min_mask_overlap: float = 0.5
     allow_empty_masks: bool = False
+    tune_draws: int = 1
 
     def check(self) -> None:
         super().check()
+        if self.tune_draws < 1:
+            raise ValueError(f"tune_draws must be >= 1, got {self.tune_draws}")
         if self.image_size < 16 or self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 and >= 16, got {self.image_size}")
         if not 0 < self.min_brain_fraction <= 1:
@@ -556,7 +562,10 @@ class LeverConfig(RunConfig):
     ``adv_profile_t``: the depths at which each ADDM variant's adversarial gradient is profiled (empty: none);
     ``base_overrides``: pipeline parameters over the ``base_params`` files for the whole campaign, data included (e.g.
     ``image_size`` or ``healthy_sources``: such a campaign needs its own run folder); ``beside_runs``: run folders of
-    such campaigns (relative to the repository), whose summaries the notebook shows beside this one's."""
+    such campaigns (relative to the repository), whose summaries the notebook shows beside this one's;
+    ``models_from``: the run folder (relative to the repository) of a campaign whose finished models this one scores
+    on its own data instead of training them (same variants and training data, e.g. more tuning draws:
+    ``base_overrides: {tune_draws: 6}``); the models must have been trained there."""
 
     run_dir: str = "../outputs/levers"
     base_params: tuple[str, ...] = ("params/demo.yaml",)
@@ -573,6 +582,7 @@ class LeverConfig(RunConfig):
     slice_stride: int = 3
     adv_profile_t: tuple[int, ...] = (10, 50, 100, 250, 500, 750, 950)
     beside_runs: tuple[str, ...] = ()
+    models_from: str = ""
 
     def check(self) -> None:
         super().check()

@@ -267,7 +267,7 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
                      dae_noise_res: int = 16, amp: str = "off", progress: Callable[..., Any] | None = None,
                      residual: str = "abs") -> list[tuple[str, Scorer, dict[str, Any]]]:
     """(name, scorer, info) for each baseline in ``names`` (keys of ``BASELINE_LABELS``), trained on the training
-    slices where they learn (cached in ``run_dir/models/<name>`` by data fingerprint and settings). ``residual``
+    slices where they learn (cached in ``run_dir/models/<name>`` by the data's training fingerprint and settings). ``residual``
     ("abs" or "positive") is the autoencoders' map, as for the diffusion models; the floors are what they are."""
 
     def maps(vol: PreparedVolume, slices: np.ndarray, rec: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -276,7 +276,7 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
         return rec, (np.clip(diff, 0, None) if residual == "positive" else err), diff ** 2
 
     out = []
-    fingerprint = data.manifest.get("fingerprint", "")
+    fingerprint = data.training_fingerprint
     for name in names:
         if name == "floor_intensity":
             out.append((name, lambda vol, slices: intensity_floor(vol.image, slices),

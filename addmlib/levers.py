@@ -34,7 +34,7 @@ from .evaluate import BASELINE_LABELS, PostProcessing, baseline_scorers, diffusi
 from .fileio import write_json_atomic
 from .provenance import write_run_record
 from .runtime import resolve_device, set_threads
-from .training import model_dir, train
+from .training import CheckpointError, finished_model, model_dir, train
 
 SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride", "residual")
 METRICS = ("auroc", "auprc", "dice", "best_dice")
@@ -68,16 +68,28 @@ def _changed(base: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     return {n: base[n] for n in names if n in base and base[n] != _EVAL_DEFAULTS[n]}
 
 
-def _check_model_data(folder: Path, fingerprint: str) -> None:
-    """A campaign model belongs to the data it was trained on: refuse to resume or score it on other data."""
+def _check_model_data(folder: Path, fingerprint: str, write: bool = True) -> None:
+    """A campaign model belongs to the data it was trained on (``PreparedDataset.training_fingerprint``): refuse to
+    resume or score it on other data. A model's first check records the data (``write``), unless it is another
+    campaign's (``models_from``), which must have recorded it."""
     record = folder / "data.json"
     if record.is_file():
         trained_on = json.loads(record.read_text()).get("fingerprint")
         if trained_on != fingerprint:
             raise ConfigError(f"{folder}: trained on data {trained_on}, the campaign's data is now {fingerprint}; "
                               f"use another run_dir for a campaign on other data")
-    else:
+    elif write:
         write_json_atomic(record, {"fingerprint": fingerprint})
+    else:
+        raise ConfigError(f"{record} not found: {folder} is not a model of a lever campaign")
+
+
+def _models_root(cfg: LeverConfig) -> Path:
+    """Where the campaign's models are: its own ``run_dir/levers``, or (``models_from``) another campaign's, whose
+    models it scores on its own data without training or writing there."""
+    from .sweep import resolve_param_file
+
+    return (resolve_param_file(cfg.models_from) if cfg.models_from else Path(cfg.run_dir)).resolve() / "levers"
 
 
 def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[..., Any] | None = None,
@@ -90,6 +102,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
     device = resolve_device(str(base.get("device", "auto")))
     data = _prepare(cfg, base, run_dir)
     fingerprint = data.manifest["fingerprint"]
+    models_root = _models_root(cfg)
     pp_default = PostProcessing(float(base.get("brain_erode_mm", 3.0)), int(base.get("median_size", 3)),
                                 int(base.get("min_component_voxels", 5)))
     fpr = float(base.get("fpr", 0.05))
@@ -112,15 +125,21 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
             if seed not in cfg.variant_seeds.get(variant, cfg.seeds):
                 continue
             params = {k: v for k, v in {**base, **overrides}.items() if k in own}
-            params.update(seed=seed, model_name=f"{variant}-s{seed}", run_dir=str(run_dir / "levers"),
-                          threads=cfg.threads)
+            params.update(seed=seed, model_name=f"{variant}-s{seed}", run_dir=str(models_root), threads=cfg.threads)
             tcfg = validate(TrainConfig, params, f"lever variant {variant!r}")
             folder = model_dir(tcfg.run_dir, tcfg.model_name)
-            folder.mkdir(parents=True, exist_ok=True)
-            _check_model_data(folder, fingerprint)
-            t0 = time.perf_counter()
-            result = train(tcfg, train_images, progress=progress)
-            train_s = round(time.perf_counter() - t0, 1)
+            if cfg.models_from:
+                _check_model_data(folder, data.training_fingerprint, write=False)
+                try:
+                    result, train_s = finished_model(tcfg), None
+                except CheckpointError as exc:
+                    raise ConfigError(f"models_from {cfg.models_from}, variant {variant!r}: {exc}") from None
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                _check_model_data(folder, data.training_fingerprint)
+                t0 = time.perf_counter()
+                result = train(tcfg, train_images, progress=progress)
+                train_s = round(time.perf_counter() - t0, 1)
             for scoring in cfg.variant_scorings.get(variant, tuple(cfg.scorings)):
                 sc = {**scoring_defaults(base, tcfg.t_star), **cfg.scorings[scoring]}
                 key = {"variant": variant, "overrides": overrides, "seed": seed, "scoring": sc, "data": fingerprint,
@@ -157,7 +176,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                     continue
                 t0 = time.perf_counter()
                 ((_, scorer, info),) = baseline_scorers(
-                    data, run_dir / "levers" / f"seed{seed}", [name], seed, int(base.get("ae_steps", 1500)),
+                    data, models_root / f"seed{seed}", [name], seed, int(base.get("ae_steps", 1500)),
                     cfg.dae_steps, float(base.get("dae_noise_std", 0.2)), int(base.get("dae_noise_res", 16)), amp,
                     progress, residual)
                 res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
@@ -265,11 +284,12 @@ def adversarial_profiles(cfg: LeverConfig, base: Mapping[str, Any]) -> list[dict
     run_dir = Path(cfg.run_dir).resolve()
     own = {f.name for f in dataclasses.fields(TrainConfig)}
     images = PreparedDataset(run_dir / "data").slices("train")["image"][:, None]
+    models_root = _models_root(cfg)
     out = []
     for variant, overrides in cfg.variants.items():
         params = {k: v for k, v in {**base, **overrides}.items() if k in own}
         seed = cfg.variant_seeds.get(variant, cfg.seeds)[0]
-        ckpt = model_dir(run_dir / "levers", f"{variant}-s{seed}") / "checkpoint.pt"
+        ckpt = model_dir(models_root, f"{variant}-s{seed}") / "checkpoint.pt"
         if float(params.get("lambda_adv", 0.05)) <= 0 or not cfg.adv_profile_t or not ckpt.is_file():
             continue
         for row in adversarial_profile(ckpt, images, cfg.adv_profile_t, seed=cfg.seed):

@@ -137,14 +137,7 @@ class Trainer:
         }
 
     def load_state(self, ckpt: dict[str, Any], source: str) -> None:
-        # a key the checkpoint lacks was added to the trainer later; its default reproduces the old behaviour
-        saved = {**config_dict(TrainConfig()), **ckpt["config"]}
-        current = config_dict(self.cfg)
-        diff = [k for k in ARCHITECTURE_KEYS if saved.get(k) != current.get(k)]
-        if diff:
-            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
-            raise CheckpointError(f"{source}: was trained with other settings ({changes}); "
-                                  f"use another model_name or fresh=True")
+        _check_settings(ckpt["config"], self.cfg, source)
         if ckpt.get("world_size", 1) != self.world:
             raise CheckpointError(f"{source}: written by {ckpt.get('world_size')} processes, resumed with {self.world}")
         self.unet.load_state_dict(ckpt["unet"])
@@ -363,6 +356,34 @@ def train(cfg: TrainConfig, images: np.ndarray | torch.Tensor, progress: Callabl
                                                **{k: v for k, v in result.items() if k != "checkpoint"}})
         write_run_record(out / "run.json", config_dict(cfg), cfg.seed, started, extra={"amp_resolved": trainer.amp})
     return result
+
+
+def _check_settings(saved_config: dict[str, Any], cfg: TrainConfig, source: str) -> None:
+    """CheckpointError naming every ARCHITECTURE_KEYS setting in which ``saved_config`` (a checkpoint's or model
+    record's) differs from ``cfg``. A key the record lacks was added to the trainer later; its default reproduces
+    the old behaviour."""
+    saved = {**config_dict(TrainConfig()), **saved_config}
+    current = config_dict(cfg)
+    diff = [k for k in ARCHITECTURE_KEYS if saved.get(k) != current.get(k)]
+    if diff:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
+        raise CheckpointError(f"{source}: was trained with other settings ({changes}); "
+                              f"use another model_name or fresh=True")
+
+
+def finished_model(cfg: TrainConfig) -> dict[str, Any]:
+    """The record (``model.json``) of the finished model ``cfg.model_name`` of ``cfg.run_dir``, checked against
+    ``cfg`` (ARCHITECTURE_KEYS, and ``max_steps`` when set): to score a model that another run trained without writing
+    into its folder. A CheckpointError says what is missing, unfinished or different."""
+    path = model_dir(cfg.run_dir, cfg.model_name) / "model.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: the model {cfg.model_name!r} has not been trained there")
+    record = json.loads(path.read_text())
+    _check_settings(record["config"], cfg, str(path))
+    if not record.get("finished") or (cfg.max_steps and record.get("step") != cfg.max_steps):
+        raise CheckpointError(f"{path}: the model stopped at step {record.get('step')} of "
+                              f"{record.get('total_steps')}; finish its training first")
+    return record
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -176,6 +176,19 @@ def test_tuning_hosts_are_neither_trained_on_nor_evaluated():
     assert _settings().fingerprint() != _settings(tune_hosts=()).fingerprint()
 
 
+def test_tuning_draws_change_the_tuning_split_only():
+    """More lesion draws on the tuning hosts make other data (fingerprint) on which the same models stand (training
+    fingerprint); a build with one draw keeps the fingerprint it had before ``tune_draws`` existed."""
+    from addmlib.config import ConfigError, PrepareConfig, validate
+
+    one, six = _settings(), _settings(tune_draws=6)
+    assert one.fingerprint() != six.fingerprint()
+    assert one.training_fingerprint() == six.training_fingerprint() == one.fingerprint()
+    assert _settings(lesions_per_host=3, tune_draws=6).training_fingerprint() != one.training_fingerprint()
+    with pytest.raises(ConfigError, match="tune_draws must be >= 1, got 0"):
+        validate(PrepareConfig, {"tune_draws": 0}, "test")
+
+
 def _ar(members: dict[str, bytes]) -> bytes:
     out = b"!<arch>\n"
     for name, data in members.items():
@@ -345,7 +358,7 @@ def test_baseline_scorers_share_the_residual_rule(tmp_path):
 
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (6, 16, 16)).astype(np.float32)
-    data = SimpleNamespace(manifest={"fingerprint": "f"}, slices=lambda split: {"image": images})
+    data = SimpleNamespace(training_fingerprint="f", slices=lambda split: {"image": images})
     vol = SimpleNamespace(image=np.stack([images[0]] * 3, -1), brain=np.ones((16, 16, 3), bool))
     scorers = {}
     for residual in ("abs", "positive"):

@@ -35,3 +35,44 @@ def test_lever_campaign_runs_resumes_and_reports(tmp_path, capsys):
     assert levers_main([str(ROOT / "params" / "levers_ci.yaml"), "--run-dir", str(run_dir)]) == 0
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "levers" / "rows").iterdir()} == written
     assert "coarse" in capsys.readouterr().out
+    _scores_its_models_on_more_tuning_draws(run_dir, tmp_path / "second", capsys)
+
+
+def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -> None:
+    """``models_from`` + ``tune_draws``: the first campaign's models, untouched, scored on a tuning split with a
+    second lesion draw appended; every other split is the first campaign's, byte for byte."""
+    import numpy as np
+    import yaml
+
+    models = first / "levers" / "models"
+    before = {p: p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()}
+    spec = {"base_params": ["params/ci.yaml"], "base_overrides": {"tune_draws": 2}, "models_from": str(first),
+            "threads": 1, "variants": {"coarse": {"noise": "coarse", "coarse_spacing": 8}},
+            "scorings": {"x0": {"t_star": 25, "sample_steps": 1}}, "seeds": [0, 1],
+            "baselines": ["floor_intensity"], "slice_stride": 4, "adv_profile_t": []}
+    params = second.parent / "second.yaml"
+    params.write_text(yaml.safe_dump(spec))
+    assert levers_main([str(params), "--run-dir", str(second)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()} == before
+    assert not (second / "levers" / "models").exists()
+    rows = json.loads((second / "levers" / "levers.json").read_text())["rows"]
+    assert sorted((r["variant"], r["seed"]) for r in rows if r["kind"] == "diffusion") == [("coarse", 0), ("coarse", 1)]
+
+    m1, m2 = (json.loads((d / "data" / "manifest.json").read_text()) for d in (first, second))
+    assert m1["fingerprint"] != m2["fingerprint"] and m1["training_fingerprint"] == m2["training_fingerprint"]
+    assert m2["counts"]["tune"]["volumes"] == 2 * m1["counts"]["tune"]["volumes"]
+    assert m2["split"]["tune"][:len(m1["split"]["tune"])] == m1["split"]["tune"]
+    assert any(v.endswith("-draw1") for v in m2["split"]["tune"])
+    synthetic = [v for v in m2["volumes"]["tune"] if "+synthetic" in v["id"]]
+    assert [v["lesion"]["detail"]["polarity"] for v in synthetic] == ["hyper", "hypo", "hyper", "hypo"]
+    assert [v["draw"] for v in synthetic] == [0, 0, 1, 1]
+    with np.load(first / "data" / "dataset.npz") as a, np.load(second / "data" / "dataset.npz") as b:
+        shared = [k for k in a.files if k != "__fingerprint__"]
+        assert set(shared) < set(b.files) and all(np.array_equal(a[k], b[k]) for k in shared)
+
+    # a model trained with other settings than the variant asks for is refused, naming the setting
+    spec["variants"] = {"coarse": {"noise": "coarse", "coarse_spacing": 4}}
+    params.write_text(yaml.safe_dump(spec))
+    assert levers_main([str(params), "--run-dir", str(second)]) == 2
+    assert "models_from" in (err := capsys.readouterr().err) and "coarse_spacing: 8 -> 4" in err
+

@@ -17,7 +17,8 @@ from addmlib.data.prepare import SPLITS, _store
 from addmlib.data.preprocess import Volume
 from addmlib.fileio import write_json_atomic
 from addmlib.models import load_ema_unet
-from addmlib.training import CHECKPOINT, PREVIOUS, CheckpointError, Trainer, load_checkpoint, model_dir, read_log, train
+from addmlib.training import (CHECKPOINT, PREVIOUS, CheckpointError, Trainer, finished_model, load_checkpoint, model_dir,
+                              read_log, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,6 +131,23 @@ def test_finished_run_is_not_trained_again(tmp_path):
     train(_cfg(tmp_path, max_steps=4), _blobs())
     again = train(_cfg(tmp_path, max_steps=4), _blobs())
     assert again["resumed_from"] == 4 and again["step"] == 4 and again["wall_time_s"] < 5
+
+
+def test_finished_model_is_read_only_when_finished_and_trained_as_asked(tmp_path):
+    with pytest.raises(CheckpointError, match="model.json not found: the model 'addm' has not been trained there"):
+        finished_model(_cfg(tmp_path, max_steps=4))
+    train(_cfg(tmp_path, max_steps=4), _blobs(), stop_after=2)
+    with pytest.raises(CheckpointError, match="stopped at step 2 of 4; finish its training first"):
+        finished_model(_cfg(tmp_path, max_steps=4))
+    train(_cfg(tmp_path, max_steps=4), _blobs())
+    folder = model_dir(str(tmp_path), "addm")
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert finished_model(_cfg(tmp_path, max_steps=4))["step"] == 4
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # nothing written
+    with pytest.raises(CheckpointError, match="stopped at step 4 of 4"):
+        finished_model(_cfg(tmp_path, max_steps=8))  # a longer run of the same model is another model
+    with pytest.raises(CheckpointError, match="other settings \\(noise: 'gaussian' -> 'coarse'\\)"):
+        finished_model(_cfg(tmp_path, max_steps=4, noise="coarse"))
 
 
 def _prepared_folder(run_dir: Path, images: torch.Tensor) -> None:

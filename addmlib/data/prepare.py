@@ -61,10 +61,12 @@ class PrepareSettings:
     tune_hosts: tuple[str, ...] = ()
     min_mask_overlap: float = MIN_MASK_OVERLAP
     allow_empty_masks: bool = False
+    tune_draws: int = 1
 
     def fingerprint(self) -> str:
         """Hash of the settings. Settings added later whose defaults build the same data (``_LATER_FIELDS``: the
-        tuning hosts, the mask checks) count only when changed, so datasets built before them stay valid."""
+        tuning hosts, the mask checks, the tuning draws) count only when changed, so datasets built before them stay
+        valid."""
         values = asdict(self)
         for name in _LATER_FIELDS:
             if values[name] == PrepareSettings.__dataclass_fields__[name].default:
@@ -72,8 +74,14 @@ class PrepareSettings:
         blob = json.dumps({"v": DATA_FORMAT_VERSION, **values}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def training_fingerprint(self) -> str:
+        """The fingerprint of these settings with one lesion draw per tuning host. Builds that differ only in
+        ``tune_draws`` hold the same train, val_healthy, eval_a and eval_b splits (later draws are inserted last), so a
+        model trained on one of them is valid for all: models and baselines are keyed by this."""
+        return replace(self, tune_draws=1).fingerprint()
 
-_LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks")
+
+_LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws")
 
 
 def settings_from_config(cfg: Any) -> PrepareSettings:
@@ -246,22 +254,26 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
         if split in ("train", "val_healthy", "eval_a"):
             _store(arrays, volumes, split, subject.id, *prepared[subject.id])
     rng = np.random.default_rng(settings.seed)
-    # set B first, so that adding tuning hosts leaves set B's lesions as they were
-    for split, host_names in (("eval_b", settings.holdout_hosts), ("tune", settings.tune_hosts)):
+    # set B first, so that adding tuning hosts leaves set B's lesions as they were; tuning draws after the first come
+    # last, so that adding them leaves every other volume as it was
+    draws = [("eval_b", settings.holdout_hosts, 0)]
+    draws += [("tune", settings.tune_hosts, d) for d in range(settings.tune_draws)]
+    for split, host_names, draw in draws:
         for host_name in host_names:
             host, host_meta = prepared[host_name]
-            for i in range(settings.lesions_per_host):
+            for j in range(settings.lesions_per_host):
+                i = draw * settings.lesions_per_host + j  # later draws go on through the size and polarity cycle
                 polarity = "hyper" if i % 2 == 0 else "hypo"
                 radius = (3.0, 8.0) if i % 4 < 2 else (8.0, 16.0)
                 vol, info = synthetic_lesion(host, rng, radius_mm=radius, polarity=polarity)
                 vid = f"{host_name}+synthetic{i:02d}-{polarity}"
-                _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name,
+                _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name, draw=draw,
                                                               lesion=asdict(info), synthetic=True))
             for donor_name in settings.paste_donors:
                 donor, _ = prepared[donor_name]
                 vol, info = paste_tumour(host, donor, rng, donor_name)
-                vid = f"{host_name}+pasted-{donor_name}"
-                _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name,
+                vid = f"{host_name}+pasted-{donor_name}" + (f"-draw{draw}" if draw else "")
+                _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name, draw=draw,
                                                               lesion=asdict(info), synthetic=True))
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays[FINGERPRINT_KEY] = np.array(settings.fingerprint())  # ties dataset.npz to its manifest.json
@@ -270,7 +282,8 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
             np.savez_compressed(fh, **arrays)
     warnings = [w for s in SPLITS for v in volumes[s] for w in v.get("warnings", [])]
     manifest = {
-        "fingerprint": settings.fingerprint(), "format_version": DATA_FORMAT_VERSION, "settings": asdict(settings),
+        "fingerprint": settings.fingerprint(), "training_fingerprint": settings.training_fingerprint(),
+        "format_version": DATA_FORMAT_VERSION, "settings": asdict(settings),
         "sources": {n: {"requirement": SOURCES[n].archive.requirement, "archive_sha256": SOURCES[n].archive.sha256,
                         "member": SOURCES[n].member, "mask_member": SOURCES[n].mask_member,
                         "mask_label": SOURCES[n].mask_label, "licence": SOURCES[n].licence,
@@ -375,6 +388,12 @@ class PreparedDataset:
             raise ValueError(f"{data} and {manifest} come from different builds (fingerprints {stored} and "
                              f"{self.manifest.get('fingerprint')}; an interrupted write?): run the data preparation "
                              f"again")
+
+    @property
+    def training_fingerprint(self) -> str:
+        """What models trained on this build are keyed by (``PrepareSettings.training_fingerprint``; builds made
+        before it was recorded: their fingerprint, which it equals there)."""
+        return str(self.manifest.get("training_fingerprint", self.manifest.get("fingerprint", "")))
 
     def ids(self, split: str) -> list[str]:
         if split not in SPLITS:
