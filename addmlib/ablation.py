@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .config import AblationConfig
 from .sweep import grid, read_json
@@ -111,13 +111,16 @@ def summary_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def claims(df: pd.DataFrame, split: str, metric: str = "auprc") -> list[dict[str, Any]]:
+def claims(df: pd.DataFrame, split: str, metric: str = "auprc", control_lambda: float = 0.0) -> list[dict[str, Any]]:
     """The paper's two claims on this sweep, each comparison with its difference and the seed spread.
 
-    Claim 1: at equal T and equal sampling steps, lambda > 0 beats lambda = 0. Claim 2: ADDM with T/2 (so half the
-    steps from the same relative depth t*/T) matches DDPM with T: compared at steps in the same 1:2 ratio when the
-    sweep evaluated such a pair, else at each cell's largest evaluation (said so in the row). Each claim-2 row also
-    carries the control DDPM with T/2 and the same steps as ADDM: if it does as well, the gain is not lambda's.
+    Claim 1: at equal T and equal sampling steps, lambda > 0 beats lambda = 0. With ``control_lambda`` (a lambda too
+    small to pull, ``AblationConfig``), each claim-1 row also carries the control cell at the same T and steps: the
+    same random stream as lambda, without the term; a lambda that does no better than it owes its gain over lambda = 0
+    to the stream. Claim 2: ADDM with T/2 (so half the steps from the same relative depth t*/T) matches DDPM with T:
+    compared at steps in the same 1:2 ratio when the sweep evaluated such a pair, else at each cell's largest
+    evaluation (said so in the row). Each claim-2 row also carries the control DDPM with T/2 and the same steps as
+    ADDM: if it does as well, the gain is not lambda's. The control lambda is in no comparison of its own.
     """
     out: list[dict[str, Any]] = []
     if df.empty:
@@ -125,13 +128,19 @@ def claims(df: pd.DataFrame, split: str, metric: str = "auprc") -> list[dict[str
     d = df[df["split"] == split]
     stats = d.groupby(["lambda_adv", "num_steps", "steps"])[metric].agg(["mean", "std", "count"])
     for (lam, T, steps), row in stats.iterrows():
-        if lam == 0 or (0.0, T, steps) not in stats.index:
+        if lam == 0 or lam == control_lambda or (0.0, T, steps) not in stats.index:
             continue
         base = stats.loc[(0.0, T, steps)]
         diff, spread = row["mean"] - base["mean"], max(row["std"], base["std"])
-        out.append({"claim": 1, "addm": f"λ={lam:g}, T={T}, {steps} steps", "ddpm": f"λ=0, T={T}, {steps} steps",
-                    "addm_mean": row["mean"], "ddpm_mean": base["mean"], "diff": diff, "seed_spread": spread,
-                    "verdict": verdict(diff, spread, int(min(row["count"], base["count"])))})
+        entry = {"claim": 1, "addm": f"λ={lam:g}, T={T}, {steps} steps", "ddpm": f"λ=0, T={T}, {steps} steps",
+                 "addm_mean": row["mean"], "ddpm_mean": base["mean"], "diff": diff, "seed_spread": spread,
+                 "verdict": verdict(diff, spread, int(min(row["count"], base["count"])))}
+        if control_lambda and (control_lambda, T, steps) in stats.index:
+            c = stats.loc[(control_lambda, T, steps)]
+            entry.update(control_lambda=control_lambda, control_lambda_mean=c["mean"],
+                         control_lambda_verdict=verdict(row["mean"] - c["mean"], max(row["std"], c["std"]),
+                                                        int(min(row["count"], c["count"]))))
+        out.append(entry)
     Ts = sorted(d["num_steps"].unique())
     for T_full in Ts:
         T_half = T_full // 2
@@ -139,7 +148,7 @@ def claims(df: pd.DataFrame, split: str, metric: str = "auprc") -> list[dict[str
             continue
         ddpm_steps = sorted(stats.loc[(0.0, T_full)].index) if (0.0, T_full) in stats.index.droplevel(2) else []
         for lam in sorted(d["lambda_adv"].unique()):
-            if lam == 0 or (lam, T_half) not in stats.index.droplevel(2):
+            if lam == 0 or lam == control_lambda or (lam, T_half) not in stats.index.droplevel(2):
                 continue
             addm_steps = sorted(stats.loc[(lam, T_half)].index)
             pairs = [(s, 2 * s) for s in addm_steps if 2 * s in ddpm_steps]
@@ -164,24 +173,40 @@ def claims(df: pd.DataFrame, split: str, metric: str = "auprc") -> list[dict[str
     return out
 
 
+def _tally(verdicts: Iterable[str]) -> str:
+    """"better: 5, within the seed spread: 3": how often each verdict occurs, the most frequent first."""
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        counts[v] = counts.get(v, 0) + 1
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def reading(rows: Sequence[Mapping[str, Any]], split: str, metric: str, seeds: int) -> str:
-    """The claims of ``claims(df, split, metric)`` in words (Markdown): per claim, how many comparisons fell on each
-    verdict and the largest difference; per claim-2 row with a control, what the control says; the seed count."""
+    """The claims of ``claims(...)`` in words (Markdown): per claim, how many comparisons fell on each verdict and the
+    largest difference; for claim 1, what the control lambda says; per claim-2 row with a control, what the control
+    says; the seed count."""
     lines = []
     for claim, what in CLAIMS.items():
         sub = [r for r in rows if r["claim"] == claim]
         if not sub:
             lines.append(f"- **Claim {claim}** ({what}): not testable with this grid.")
             continue
-        counts: dict[str, int] = {}
-        for r in sub:
-            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
         biggest = max(sub, key=lambda r: abs(r["diff"]))
         lines.append(f"- **Claim {claim}** ({what}), {split} {metric}: {len(sub)} comparison(s): "
-                     + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
-                     + f". Largest difference: {biggest['addm']} vs {biggest['ddpm']}: {biggest['addm_mean']:.4f} vs "
-                     f"{biggest['ddpm_mean']:.4f} (Δ = {biggest['diff']:+.4f}, "
-                     f"seed spread {biggest['seed_spread']:.4f}).")
+                     + _tally(r["verdict"] for r in sub) + f". Largest difference: {biggest['addm']} vs "
+                     f"{biggest['ddpm']}: {biggest['addm_mean']:.4f} vs {biggest['ddpm_mean']:.4f} "
+                     f"(Δ = {biggest['diff']:+.4f}, seed spread {biggest['seed_spread']:.4f}).")
+        controlled = [r for r in sub if "control_lambda_verdict" in r]
+        if controlled:
+            text = (f"  - against the control λ={controlled[0]['control_lambda']:g} (the same discriminator and "
+                    f"random stream, no pull): " + _tally(r["control_lambda_verdict"] for r in controlled))
+            if "control_lambda_mean" in biggest:
+                text += f"; at {biggest['addm']} the control scores {biggest['control_lambda_mean']:.4f}"
+            if any(r["verdict"] == "better" for r in controlled) and \
+                    all(r["control_lambda_verdict"].startswith("within") for r in controlled):
+                text += (". Where λ beats λ = 0, the control does as well: the gain is the random stream's, not "
+                         "the term's")
+            lines.append(text + ".")
     for r in rows:
         if r["claim"] == 2 and not math.isnan(r["control_ddpm_same_T_and_steps_mean"]):
             c, cv = r["control_ddpm_same_T_and_steps_mean"], r["control_verdict"]

@@ -446,7 +446,11 @@ class AblationConfig(RunConfig):
     ``workers x threads_per_cell <= cores``). ``base_params`` (paths relative to the repository) are the pipeline
     parameter files every cell starts from, ``cell_params`` overrides them for every cell; the grid then sets
     ``lambda_adv``, ``num_steps``, the training ``seed`` and ``t_star`` (``t_star_at_1000`` scaled to the cell's T).
-    ``eval_steps``: sampling steps each cell is evaluated with (0 = every step from t*).
+    ``eval_steps``: sampling steps each cell is evaluated with (0 = every step from t*). ``control_lambda`` (0: none):
+    an extra lambda > 0 too small for the adversarial term to pull (e.g. 1e-6), run like the grid's. Its cells train the
+    same discriminator, and so draw the same random numbers (t, noise, augmentation), as every lambda > 0 cell, while
+    lambda = 0 cells draw others: claim 1 compares each lambda with it too, to tell the term's effect from the random
+    stream's.
     """
 
     run_dir: str = "../outputs/interactive-ablation"
@@ -464,9 +468,12 @@ class AblationConfig(RunConfig):
     cell_timeout: int = 7200
     split: Literal["eval_a", "eval_b"] = "eval_a"
     metric: Literal["auprc", "auroc", "dice", "best_dice"] = "auprc"
+    control_lambda: float = 0.0
 
     def check(self) -> None:
         super().check()
+        if self.control_lambda < 0 or self.control_lambda in self.lambda_grid and self.control_lambda:
+            raise ValueError(f"control_lambda must be >= 0 and not in lambda_grid, got {self.control_lambda}")
         if not self.base_params:
             raise ValueError("base_params must name at least one parameter file (e.g. params/demo.yaml)")
         if not self.lambda_grid or not self.num_steps_grid or not self.seed_grid or not self.eval_steps:

@@ -79,10 +79,11 @@ def base_parameters(cfg: AblationConfig) -> dict[str, Any]:
 
 
 def grid(cfg: AblationConfig, sweep_dir: str | Path) -> list[Cell]:
-    """The cells of the sweep, lambda-major; t* of each cell is ``t_star_at_1000`` scaled to its T (t*/T fixed)."""
+    """The cells of the sweep, lambda-major (``control_lambda``, when set, last); t* of each cell is
+    ``t_star_at_1000`` scaled to its T (t*/T fixed)."""
     base = base_parameters(cfg)
     cells = []
-    for lam in cfg.lambda_grid:
+    for lam in (*cfg.lambda_grid, *([cfg.control_lambda] if cfg.control_lambda else [])):
         for T in cfg.num_steps_grid:
             for seed in cfg.seed_grid:
                 params = {**base, "lambda_adv": lam, "num_steps": T, "seed": seed,

@@ -130,6 +130,27 @@ def test_reading_counts_verdicts_names_the_largest_difference_and_the_control():
     assert "Claim 2** (ADDM with T/2 matches DDPM with T): not testable" in ablation.reading([], "eval_a", "auprc", 1)
 
 
+def test_the_control_lambda_tells_the_terms_gain_from_the_random_streams():
+    """lambda 0.5 beats lambda 0 beyond the spread, but so does the control 1e-6 (same stream, no pull): the reading
+    says the gain is the stream's; the control is in no comparison of its own."""
+    df = _frame({(0.0, 1000, 20): [0.10, 0.11], (0.5, 1000, 20): [0.20, 0.21], (1e-6, 1000, 20): [0.20, 0.215],
+                 (0.5, 500, 10): [0.2, 0.21], (1e-6, 500, 10): [0.1, 0.1]})
+    rows = ablation.claims(df, "eval_a", control_lambda=1e-6)
+    assert [r["addm"] for r in rows if r["claim"] == 1] == ["λ=0.5, T=1000, 20 steps"]
+    (one,) = [r for r in rows if r["claim"] == 1]
+    assert one["verdict"] == "better" and one["control_lambda_verdict"] == "within the seed spread"
+    assert one["control_lambda_mean"] == pytest.approx(0.2075)
+    assert [r["addm"] for r in rows if r["claim"] == 2] == ["λ=0.5, T=500, 10 steps"]
+    text = ablation.reading(rows, "eval_a", "auprc", seeds=2).splitlines()
+    assert text[1] == ("  - against the control λ=1e-06 (the same discriminator and random stream, no pull): within "
+                       "the seed spread: 1; at λ=0.5, T=1000, 20 steps the control scores 0.2075. Where λ beats "
+                       "λ = 0, the control does as well: the gain is the random stream's, not the term's.")
+    # without the control's cells, or without a control, the rows carry nothing of it
+    assert "control_lambda_verdict" not in ablation.claims(df, "eval_a")[0]
+    assert not any("against the control" in line
+                   for line in ablation.reading(ablation.claims(df, "eval_a"), "eval_a", "auprc", 2).splitlines())
+
+
 def test_status_table_shows_the_last_line_of_each_error():
     t = ablation.status_table([{"cell": "a", "status": "ok", "wall_time_s": 3.0, "skipped": True},
                                {"cell": "b", "status": "failed", "error": "Traceback\nValueError: bad",

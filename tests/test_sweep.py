@@ -52,6 +52,16 @@ def test_grid_scales_t_star_and_sets_the_cell_parameters(tmp_path):
     assert c.folder == tmp_path.resolve() / "cells" / "lam0.05_T50_seed0"
 
 
+def test_the_control_lambda_gets_cells_of_its_own_after_the_grid(tmp_path):
+    cfg = sweep.load_config([write_params(tmp_path / "p.yaml", control_lambda=1e-6)])
+    names = [c.name for c in sweep.grid(cfg, tmp_path)]
+    assert names[:4] == ["lam0_T50_seed0", "lam0_T100_seed0", "lam0.05_T50_seed0", "lam0.05_T100_seed0"]
+    assert names[4:] == ["lam1e-06_T50_seed0", "lam1e-06_T100_seed0"]
+    for bad in (0.05, -1.0):
+        with pytest.raises(ConfigError, match=f"control_lambda must be >= 0 and not in lambda_grid, got {bad}"):
+            sweep.load_config([write_params(tmp_path / "b.yaml", control_lambda=bad)])
+
+
 def test_sweep_config_errors_name_the_parameter(tmp_path):
     with pytest.raises(ConfigError, match="cell_params may not set \\['lambda_adv'\\]"):
         sweep.load_config([write_params(tmp_path / "a.yaml", cell_params={"lambda_adv": 0.1})])
