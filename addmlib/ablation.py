@@ -202,8 +202,8 @@ def reading(rows: Sequence[Mapping[str, Any]], split: str, metric: str, seeds: i
                     f"random stream, no pull): " + _tally(r["control_lambda_verdict"] for r in controlled))
             if "control_lambda_mean" in biggest:
                 text += f"; at {biggest['addm']} the control scores {biggest['control_lambda_mean']:.4f}"
-            if any(r["verdict"] == "better" for r in controlled) and \
-                    all(r["control_lambda_verdict"].startswith("within") for r in controlled):
+            wins = [r for r in controlled if r["verdict"] == "better"]
+            if wins and all(r["control_lambda_verdict"] != "better" for r in wins):
                 text += (". Where λ beats λ = 0, the control does as well: the gain is the random stream's, not "
                          "the term's")
             lines.append(text + ".")

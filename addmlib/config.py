@@ -280,9 +280,9 @@ class PrepareConfig(RunConfig):
     field of view (a mask elsewhere in the world is refused). ``allow_empty_masks``: a tumour scan whose lesion, or a
     scan whose brain mask, is empty after preprocessing is an error; with this switch it is a warning recorded in the
     manifest instead (the scan is kept without lesion, or left out without brain). ``tune_draws``: how many times
-    each tuning host gets its lesions (``lesions_per_host`` synthetic ones, going on through the size and polarity
-    cycle, and one pasted tumour per donor), so that the tuning split holds enough lesions to rank settings; the other
-    splits do not change with it.
+    each tuning host gets its lesions (``lesions_per_host`` synthetic ones, of the same sizes and polarities as set B's,
+    and one pasted tumour per donor), each time at new places, so that the tuning split holds enough lesions to rank
+    settings; the other splits do not change with it.
     """
 
     image_size: int = 64
@@ -472,7 +472,7 @@ class AblationConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
-        if self.control_lambda < 0 or self.control_lambda in self.lambda_grid and self.control_lambda:
+        if self.control_lambda < 0 or (self.control_lambda and self.control_lambda in self.lambda_grid):
             raise ValueError(f"control_lambda must be >= 0 and not in lambda_grid, got {self.control_lambda}")
         if not self.base_params:
             raise ValueError("base_params must name at least one parameter file (e.g. params/demo.yaml)")

@@ -267,8 +267,9 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
                      dae_noise_res: int = 16, amp: str = "off", progress: Callable[..., Any] | None = None,
                      residual: str = "abs") -> list[tuple[str, Scorer, dict[str, Any]]]:
     """(name, scorer, info) for each baseline in ``names`` (keys of ``BASELINE_LABELS``), trained on the training
-    slices where they learn (cached in ``run_dir/models/<name>`` by the data's training fingerprint and settings). ``residual``
-    ("abs" or "positive") is the autoencoders' map, as for the diffusion models; the floors are what they are."""
+    slices where they learn (cached in ``run_dir/models/<name>`` by the data's training fingerprint and settings).
+    ``residual`` ("abs" or "positive") is the autoencoders' map, as for the diffusion models; the floors are what they
+    are."""
 
     def maps(vol: PreparedVolume, slices: np.ndarray, rec: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, ...]:
         diff = np.zeros_like(err)

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,7 +78,7 @@ def _check_model_data(folder: Path, fingerprint: str, write: bool = True) -> Non
         trained_on = json.loads(record.read_text()).get("fingerprint")
         if trained_on != fingerprint:
             raise ConfigError(f"{folder}: trained on data {trained_on}, the campaign's data is now {fingerprint}; "
-                              f"use another run_dir for a campaign on other data")
+                              f"a campaign on other training data needs its own run_dir and models")
     elif write:
         write_json_atomic(record, {"fingerprint": fingerprint})
     else:
@@ -90,6 +91,17 @@ def _models_root(cfg: LeverConfig) -> Path:
     from .sweep import resolve_param_file
 
     return (resolve_param_file(cfg.models_from) if cfg.models_from else Path(cfg.run_dir)).resolve() / "levers"
+
+
+def _baseline_folder(cfg: LeverConfig, run_dir: Path, models_root: Path, seed: int) -> Path:
+    """Where the baselines of ``seed`` are cached: the campaign's own ``levers/seed<seed>``. A ``models_from`` campaign
+    starts it as a copy of the source campaign's (its trained AE/DAE are reused when their settings match, retrained
+    here when not), so that nothing is written there."""
+    own = run_dir / "levers" / f"seed{seed}"
+    source = models_root / f"seed{seed}"
+    if cfg.models_from and source.is_dir() and not own.exists():
+        shutil.copytree(source, own)
+    return own
 
 
 def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[..., Any] | None = None,
@@ -129,10 +141,10 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
             tcfg = validate(TrainConfig, params, f"lever variant {variant!r}")
             folder = model_dir(tcfg.run_dir, tcfg.model_name)
             if cfg.models_from:
-                _check_model_data(folder, data.training_fingerprint, write=False)
                 try:
                     result, train_s = finished_model(tcfg), None
-                except CheckpointError as exc:
+                    _check_model_data(folder, data.training_fingerprint, write=False)
+                except (CheckpointError, ConfigError) as exc:
                     raise ConfigError(f"models_from {cfg.models_from}, variant {variant!r}: {exc}") from None
             else:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -176,7 +188,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                     continue
                 t0 = time.perf_counter()
                 ((_, scorer, info),) = baseline_scorers(
-                    data, models_root / f"seed{seed}", [name], seed, int(base.get("ae_steps", 1500)),
+                    data, _baseline_folder(cfg, run_dir, models_root, seed), [name], seed, int(base.get("ae_steps", 1500)),
                     cfg.dae_steps, float(base.get("dae_noise_std", 0.2)), int(base.get("dae_noise_res", 16)), amp,
                     progress, residual)
                 res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)

@@ -373,16 +373,20 @@ def _check_settings(saved_config: dict[str, Any], cfg: TrainConfig, source: str)
 
 def finished_model(cfg: TrainConfig) -> dict[str, Any]:
     """The record (``model.json``) of the finished model ``cfg.model_name`` of ``cfg.run_dir``, checked against
-    ``cfg`` (ARCHITECTURE_KEYS, and ``max_steps`` when set): to score a model that another run trained without writing
-    into its folder. A CheckpointError says what is missing, unfinished or different."""
+    ``cfg`` (ARCHITECTURE_KEYS, and the budget: ``max_steps``, ``epochs``): to score a model that another run trained
+    without writing into its folder. A CheckpointError says what is missing, unfinished or different."""
     path = model_dir(cfg.run_dir, cfg.model_name) / "model.json"
     if not path.is_file():
         raise CheckpointError(f"{path} not found: the model {cfg.model_name!r} has not been trained there")
     record = json.loads(path.read_text())
     _check_settings(record["config"], cfg, str(path))
-    if not record.get("finished") or (cfg.max_steps and record.get("step") != cfg.max_steps):
+    if not record.get("finished"):
         raise CheckpointError(f"{path}: the model stopped at step {record.get('step')} of "
                               f"{record.get('total_steps')}; finish its training first")
+    budget = {k: record["config"].get(k) for k in ("max_steps", "epochs")}
+    if budget["max_steps"] != cfg.max_steps or (not cfg.max_steps and budget["epochs"] != cfg.epochs):
+        raise CheckpointError(f"{path}: trained with max_steps {budget['max_steps']}, epochs {budget['epochs']}; "
+                              f"asked for max_steps {cfg.max_steps}, epochs {cfg.epochs}")
     return record
 
 

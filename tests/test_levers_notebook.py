@@ -44,17 +44,17 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     import numpy as np
     import yaml
 
-    models = first / "levers" / "models"
-    before = {p: p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()}
+    before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
     spec = {"base_params": ["params/ci.yaml"], "base_overrides": {"tune_draws": 2}, "models_from": str(first),
             "threads": 1, "variants": {"coarse": {"noise": "coarse", "coarse_spacing": 8}},
             "scorings": {"x0": {"t_star": 25, "sample_steps": 1}}, "seeds": [0, 1],
-            "baselines": ["floor_intensity"], "slice_stride": 4, "adv_profile_t": []}
+            "baselines": ["floor_intensity", "dae"], "variant_seeds": {"dae": [0]}, "dae_steps": 20,
+            "slice_stride": 4, "adv_profile_t": []}
     params = second.parent / "second.yaml"
     params.write_text(yaml.safe_dump(spec))
     assert levers_main([str(params), "--run-dir", str(second)]) == 0
-    assert {p: p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()} == before
-    assert not (second / "levers" / "models").exists()
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == before  # nothing written there
+    assert not (second / "levers" / "models").exists() and (second / "levers" / "seed0" / "models" / "dae").is_dir()
     rows = json.loads((second / "levers" / "levers.json").read_text())["rows"]
     assert sorted((r["variant"], r["seed"]) for r in rows if r["kind"] == "diffusion") == [("coarse", 0), ("coarse", 1)]
 
@@ -64,8 +64,11 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     assert m2["split"]["tune"][:len(m1["split"]["tune"])] == m1["split"]["tune"]
     assert any(v.endswith("-draw1") for v in m2["split"]["tune"])
     synthetic = [v for v in m2["volumes"]["tune"] if "+synthetic" in v["id"]]
-    assert [v["lesion"]["detail"]["polarity"] for v in synthetic] == ["hyper", "hypo", "hyper", "hypo"]
-    assert [v["draw"] for v in synthetic] == [0, 0, 1, 1]
+    assert [(v["id"].split("+")[1], v["draw"]) for v in synthetic] == [
+        ("synthetic00-hyper", 0), ("synthetic01-hypo", 0),
+        ("synthetic00-hyper-draw1", 1), ("synthetic01-hypo-draw1", 1)]
+    assert [v["lesion"]["detail"]["radii_mm"] != w["lesion"]["detail"]["radii_mm"]  # new lesions, not copies
+            for v, w in zip(synthetic[:2], synthetic[2:])] == [True, True]
     with np.load(first / "data" / "dataset.npz") as a, np.load(second / "data" / "dataset.npz") as b:
         shared = [k for k in a.files if k != "__fingerprint__"]
         assert set(shared) < set(b.files) and all(np.array_equal(a[k], b[k]) for k in shared)
@@ -75,4 +78,9 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     params.write_text(yaml.safe_dump(spec))
     assert levers_main([str(params), "--run-dir", str(second)]) == 2
     assert "models_from" in (err := capsys.readouterr().err) and "coarse_spacing: 8 -> 4" in err
-
+    # a model the other campaign never trained is named as such
+    spec["variants"] = {"gauss": {"noise": "gaussian"}}
+    params.write_text(yaml.safe_dump(spec))
+    assert levers_main([str(params), "--run-dir", str(second)]) == 2
+    err = capsys.readouterr().err
+    assert "variant 'gauss'" in err and "the model 'gauss-s0' has not been trained there" in err

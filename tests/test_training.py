@@ -17,8 +17,8 @@ from addmlib.data.prepare import SPLITS, _store
 from addmlib.data.preprocess import Volume
 from addmlib.fileio import write_json_atomic
 from addmlib.models import load_ema_unet
-from addmlib.training import (CHECKPOINT, PREVIOUS, CheckpointError, Trainer, finished_model, load_checkpoint, model_dir,
-                              read_log, train)
+from addmlib.training import (CHECKPOINT, PREVIOUS, CheckpointError, Trainer, finished_model, load_checkpoint,
+                              model_dir, read_log, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,7 +144,7 @@ def test_finished_model_is_read_only_when_finished_and_trained_as_asked(tmp_path
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert finished_model(_cfg(tmp_path, max_steps=4))["step"] == 4
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # nothing written
-    with pytest.raises(CheckpointError, match="stopped at step 4 of 4"):
+    with pytest.raises(CheckpointError, match="trained with max_steps 4, epochs 1000; asked for max_steps 8"):
         finished_model(_cfg(tmp_path, max_steps=8))  # a longer run of the same model is another model
     with pytest.raises(CheckpointError, match="other settings \\(noise: 'gaussian' -> 'coarse'\\)"):
         finished_model(_cfg(tmp_path, max_steps=4, noise="coarse"))

@@ -261,18 +261,18 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
     for split, host_names, draw in draws:
         for host_name in host_names:
             host, host_meta = prepared[host_name]
-            for j in range(settings.lesions_per_host):
-                i = draw * settings.lesions_per_host + j  # later draws go on through the size and polarity cycle
+            suffix = f"-draw{draw}" if draw else ""
+            for i in range(settings.lesions_per_host):  # each draw the same sizes and polarities as set B's hosts
                 polarity = "hyper" if i % 2 == 0 else "hypo"
                 radius = (3.0, 8.0) if i % 4 < 2 else (8.0, 16.0)
                 vol, info = synthetic_lesion(host, rng, radius_mm=radius, polarity=polarity)
-                vid = f"{host_name}+synthetic{i:02d}-{polarity}"
+                vid = f"{host_name}+synthetic{i:02d}-{polarity}{suffix}"
                 _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name, draw=draw,
                                                               lesion=asdict(info), synthetic=True))
             for donor_name in settings.paste_donors:
                 donor, _ = prepared[donor_name]
                 vol, info = paste_tumour(host, donor, rng, donor_name)
-                vid = f"{host_name}+pasted-{donor_name}" + (f"-draw{draw}" if draw else "")
+                vid = f"{host_name}+pasted-{donor_name}{suffix}"
                 _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name, draw=draw,
                                                               lesion=asdict(info), synthetic=True))
     out_dir.mkdir(parents=True, exist_ok=True)
