@@ -120,7 +120,8 @@ def claims(df: pd.DataFrame, split: str, metric: str = "auprc", control_lambda: 
     to the stream. Claim 2: ADDM with T/2 (so half the steps from the same relative depth t*/T) matches DDPM with T:
     compared at steps in the same 1:2 ratio when the sweep evaluated such a pair, else at each cell's largest
     evaluation (said so in the row). Each claim-2 row also carries the control DDPM with T/2 and the same steps as
-    ADDM: if it does as well, the gain is not lambda's. The control lambda is in no comparison of its own.
+    ADDM: if it does as well, the gain is not lambda's; and, with ``control_lambda``, that control's cell at T/2 and the
+    same steps. The control lambda is in no comparison of its own.
     """
     out: list[dict[str, Any]] = []
     if df.empty:
@@ -169,6 +170,11 @@ def claims(df: pd.DataFrame, split: str, metric: str = "auprc", control_lambda: 
                     row["control_ddpm_same_T_and_steps_mean"] = c["mean"]
                     row["control_verdict"] = verdict(a["mean"] - c["mean"], max(a["std"], c["std"]),
                                                      int(min(a["count"], c["count"])))
+                if control_lambda and (control_lambda, T_half, sa) in stats.index:
+                    c = stats.loc[(control_lambda, T_half, sa)]
+                    row.update(control_lambda=control_lambda, control_lambda_mean=c["mean"],
+                               control_lambda_verdict=verdict(a["mean"] - c["mean"], max(a["std"], c["std"]),
+                                                              int(min(a["count"], c["count"]))))
                 out.append(row)
     return out
 
@@ -204,7 +210,7 @@ def reading(rows: Sequence[Mapping[str, Any]], split: str, metric: str, seeds: i
                 text += f"; at {biggest['addm']} the control scores {biggest['control_lambda_mean']:.4f}"
             wins = [r for r in controlled if r["verdict"] == "better"]
             if wins and all(r["control_lambda_verdict"] != "better" for r in wins):
-                text += (". Where λ beats λ = 0, the control does as well: the gain is the random stream's, not "
+                text += (". Where ADDM wins, the control does as well: the gain is the random stream's, not "
                          "the term's")
             lines.append(text + ".")
     for r in rows:

@@ -140,11 +140,15 @@ def test_the_control_lambda_tells_the_terms_gain_from_the_random_streams():
     (one,) = [r for r in rows if r["claim"] == 1]
     assert one["verdict"] == "better" and one["control_lambda_verdict"] == "within the seed spread"
     assert one["control_lambda_mean"] == pytest.approx(0.2075)
-    assert [r["addm"] for r in rows if r["claim"] == 2] == ["λ=0.5, T=500, 10 steps"]
+    (two,) = [r for r in rows if r["claim"] == 2]
+    assert two["addm"] == "λ=0.5, T=500, 10 steps" and two["control_lambda_mean"] == pytest.approx(0.1)
+    assert two["control_lambda_verdict"] == "better"
     text = ablation.reading(rows, "eval_a", "auprc", seeds=2).splitlines()
     assert text[1] == ("  - against the control λ=1e-06 (the same discriminator and random stream, no pull): within "
-                       "the seed spread: 1; at λ=0.5, T=1000, 20 steps the control scores 0.2075. Where λ beats "
-                       "λ = 0, the control does as well: the gain is the random stream's, not the term's.")
+                       "the seed spread: 1; at λ=0.5, T=1000, 20 steps the control scores 0.2075. Where ADDM wins, "
+                       "the control does as well: the gain is the random stream's, not the term's.")
+    assert text[3] == ("  - against the control λ=1e-06 (the same discriminator and random stream, no pull): better: 1; "
+                       "at λ=0.5, T=500, 10 steps the control scores 0.1000.")
     # without the control's cells, or without a control, the rows carry nothing of it
     no_cells = df[df["lambda_adv"] != 1e-6]
     assert all("control_lambda_verdict" not in r for r in ablation.claims(no_cells, "eval_a", control_lambda=1e-6))

@@ -84,6 +84,12 @@ def test_ablation_and_quality_charts():
     assert len(left.containers) == 2, "one line per T"
     assert len(middle.containers) == 4, "one line per (lambda, T)"
     assert len(right.collections) == 2, "one scatter per lambda"
+    with_control = pd.DataFrame(rows + [{**r, "lambda_adv": 1e-6, "cell": r["cell"] + "c"} for r in rows
+                                        if r["lambda_adv"] == 0.0])
+    left, middle, _ = charts.ablation_figure(with_control, "eval_a", "auprc", control_lambda=1e-6).axes
+    assert len(left.containers) == 4, "per T, the line over lambda 0 and 0.5, and the control off it"
+    assert [list(c.lines[0].get_xdata()) for c in left.containers] == [[0.0, 0.5], [1e-6], [0.0, 0.5], [1e-6]]
+    assert sum(c.lines[0].get_linestyle() == ":" for c in middle.containers) == 2, "the control dotted, per T"
     q = pd.DataFrame([{"model": m, "steps": s, "auprc": 0.1, "auprc_volume_mean": 0.1, "auprc_volume_std": 0.01,
                        "wall_s": s, "slices": 40} for m in ("addm", "ddpm") for s in (12, 25)])
     fig = charts.quality_figure(q, "eval_a")

@@ -43,24 +43,30 @@ def loss_figure(log: Sequence[Mapping[str, Any]], lr0: float) -> plt.Figure:
     return fig
 
 
-def ablation_figure(df: pd.DataFrame, split: str, metric: str) -> plt.Figure:
+def ablation_figure(df: pd.DataFrame, split: str, metric: str, control_lambda: float = 0.0) -> plt.Figure:
     """Three panels of ``ablation.results_frame``'s rows of one set: the metric against lambda, one line per T (at
-    each cell's largest evaluation); against sampling steps, one line per (lambda, T); against each cell's training +
-    scoring wall time. Error bars: std over seeds."""
+    each cell's largest evaluation; the control lambda, if any, a hollow square beside lambda = 0, off the line);
+    against sampling steps, one line per (lambda, T) (the control dotted); against each cell's training + scoring
+    wall time. Error bars: std over seeds."""
     from ..ablation import summary_table
 
     d = df[df["split"] == split]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for T, g in summary_table(df, split, metric).groupby("num_steps"):
         g = g.sort_values("lambda_adv")
-        axes[0].errorbar(g["lambda_adv"], g[f"{metric}_mean"], yerr=g[f"{metric}_std"].fillna(0), marker="o",
-                         capsize=3, label=f"T={T} ({int(g['steps'].iloc[0])} steps)")
+        ctrl, g = g[g["lambda_adv"] == control_lambda], g[g["lambda_adv"] != control_lambda]
+        line = axes[0].errorbar(g["lambda_adv"], g[f"{metric}_mean"], yerr=g[f"{metric}_std"].fillna(0), marker="o",
+                                capsize=3, label=f"T={T} ({int(g['steps'].iloc[0])} steps)")
+        if control_lambda and len(ctrl):
+            axes[0].errorbar(ctrl["lambda_adv"], ctrl[f"{metric}_mean"], yerr=ctrl[f"{metric}_std"].fillna(0),
+                             marker="s", mfc="none", ls="none", capsize=3, color=line.lines[0].get_color(),
+                             label=f"T={T}: control λ={control_lambda:g} (no pull)")
     axes[0].set_xscale("symlog", linthresh=0.01)
     axes[0].set(xlabel="λ (0 = DDPM)", ylabel=metric, title=f"{split}: {metric} vs λ")
     by_steps = d.groupby(["lambda_adv", "num_steps", "steps"])[metric].agg(["mean", "std"]).reset_index()
     for (lam, T), g in by_steps.groupby(["lambda_adv", "num_steps"]):
         axes[1].errorbar(g["steps"], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3,
-                         ls="-" if lam > 0 else "--", label=f"λ={lam:g}, T={T}")
+                         ls=":" if lam == control_lambda else "-" if lam > 0 else "--", label=f"λ={lam:g}, T={T}")
     axes[1].set_xscale("log")
     axes[1].set(xlabel="sampling steps per slice", ylabel=metric, title=f"{split}: {metric} vs sampling steps")
     for lam, g in d.groupby("lambda_adv"):
