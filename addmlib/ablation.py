@@ -136,11 +136,7 @@ def claims(df: pd.DataFrame, split: str, metric: str = "auprc", control_lambda: 
         entry = {"claim": 1, "addm": f"λ={lam:g}, T={T}, {steps} steps", "ddpm": f"λ=0, T={T}, {steps} steps",
                  "addm_mean": row["mean"], "ddpm_mean": base["mean"], "diff": diff, "seed_spread": spread,
                  "verdict": verdict(diff, spread, int(min(row["count"], base["count"])))}
-        if control_lambda and (control_lambda, T, steps) in stats.index:
-            c = stats.loc[(control_lambda, T, steps)]
-            entry.update(control_lambda=control_lambda, control_lambda_mean=c["mean"],
-                         control_lambda_verdict=verdict(row["mean"] - c["mean"], max(row["std"], c["std"]),
-                                                        int(min(row["count"], c["count"]))))
+        entry.update(_against_control(stats, row, control_lambda, T, steps))
         out.append(entry)
     Ts = sorted(d["num_steps"].unique())
     for T_full in Ts:
@@ -170,13 +166,21 @@ def claims(df: pd.DataFrame, split: str, metric: str = "auprc", control_lambda: 
                     row["control_ddpm_same_T_and_steps_mean"] = c["mean"]
                     row["control_verdict"] = verdict(a["mean"] - c["mean"], max(a["std"], c["std"]),
                                                      int(min(a["count"], c["count"])))
-                if control_lambda and (control_lambda, T_half, sa) in stats.index:
-                    c = stats.loc[(control_lambda, T_half, sa)]
-                    row.update(control_lambda=control_lambda, control_lambda_mean=c["mean"],
-                               control_lambda_verdict=verdict(a["mean"] - c["mean"], max(a["std"], c["std"]),
-                                                              int(min(a["count"], c["count"]))))
+                row.update(_against_control(stats, a, control_lambda, T_half, sa))
                 out.append(row)
     return out
+
+
+def _against_control(stats: pd.DataFrame, cell: pd.Series, control_lambda: float, T: int,
+                     steps: int) -> dict[str, Any]:
+    """``cell``'s mean over seeds against the control lambda's at the same T and steps (``claims``); empty without
+    a control or its cells."""
+    if not control_lambda or (control_lambda, T, steps) not in stats.index:
+        return {}
+    c = stats.loc[(control_lambda, T, steps)]
+    return {"control_lambda": control_lambda, "control_lambda_mean": c["mean"],
+            "control_lambda_verdict": verdict(cell["mean"] - c["mean"], max(cell["std"], c["std"]),
+                                              int(min(cell["count"], c["count"])))}
 
 
 def _tally(verdicts: Iterable[str]) -> str:
