@@ -173,6 +173,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                            "train_seconds": train_s if result.get("resumed_from") is None else None,
                            "amp": info["amp"], "steps_trained": result["step"]})
                 log(f"{variant} seed {seed} {scoring}: {rows[-1]}")
+        baseline_dir = _baseline_folder(cfg, run_dir, models_root, seed)
         for name in cfg.baselines:
             if seed not in cfg.variant_seeds.get(name, cfg.seeds) or (seed != cfg.seeds[0] and name.startswith("floor")):
                 continue  # floors have no seed
@@ -188,7 +189,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                     continue
                 t0 = time.perf_counter()
                 ((_, scorer, info),) = baseline_scorers(
-                    data, _baseline_folder(cfg, run_dir, models_root, seed), [name], seed, int(base.get("ae_steps", 1500)),
+                    data, baseline_dir, [name], seed, int(base.get("ae_steps", 1500)),
                     cfg.dae_steps, float(base.get("dae_noise_std", 0.2)), int(base.get("dae_noise_res", 16)), amp,
                     progress, residual)
                 res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
