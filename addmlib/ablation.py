@@ -64,8 +64,9 @@ def results_frame(sweep_dir: str | Path, cfg: AblationConfig | None = None) -> p
                 warnings.warn(f"{path.parent / ev['metrics']} is missing or unreadable: cell {rec['cell']} at "
                               f"{ev['steps']} steps left out")
                 continue
-            (label, res), = metrics["results"].items()
-            info = metrics["models"][label]
+            # the row whose maps were shown (with intensity fusion, the fused one; the residual alone comes second)
+            label = next(iter(metrics["results"]))
+            res, info = metrics["results"][label], metrics["models"][label]
             for split, values in res.items():
                 if not split.startswith("eval_"):
                     continue

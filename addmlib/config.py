@@ -409,9 +409,13 @@ class EvalConfig(DepthConfig):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     patch_stride: int = 0
     residual: Literal["abs", "positive"] = "abs"
+    intensity_weight: float = 0.0
 
     def check(self) -> None:
         super().check()
+        if not 0 <= self.intensity_weight < float("inf"):
+            raise ValueError(f"intensity_weight must be a finite number >= 0 (0: the residual alone), got "
+                             f"{self.intensity_weight}")
         if self.patch_stride < 0:
             raise ValueError(f"patch_stride must be >= 0 (0 = half the model's patch), got {self.patch_stride}")
         for name in ("ae_steps", "dae_steps", "dae_noise_res", "sample_steps", "draws", "eval_batch_size",
@@ -563,7 +567,9 @@ class BenchConfig(DepthConfig):
 class LeverConfig(RunConfig):
     """The lever campaign (``addmlib.levers``, notebooks/07_levers.ipynb): training variants x seeds x scorings,
     measured on the tuning split only. ``variants``: name -> training parameters over the base set; ``scorings``:
-    name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler, patch_stride);
+    name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler, patch_stride,
+    residual, intensity_weight); ``baseline_residuals`` x ``baseline_intensity_weights``: the maps the AE and DAE are
+    scored with;
     ``variant_scorings``: variant -> the scorings it gets (default: all; e.g. only cheap ones for patch models);
     ``variant_seeds``: variant or baseline -> the seeds it is trained with (default: all of ``seeds``);
     ``adv_profile_t``: the depths at which each ADDM variant's adversarial gradient is profiled (empty: none);
@@ -585,6 +591,7 @@ class LeverConfig(RunConfig):
     variant_seeds: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     baselines: tuple[str, ...] = ("floor_intensity", "floor_median", "dae")
     baseline_residuals: tuple[str, ...] = ("abs",)
+    baseline_intensity_weights: tuple[float, ...] = (0.0,)
     dae_steps: int = 1500
     slice_stride: int = 3
     adv_profile_t: tuple[int, ...] = (10, 50, 100, 250, 500, 750, 950)
@@ -607,6 +614,11 @@ class LeverConfig(RunConfig):
         bad = [r for r in self.baseline_residuals if r not in ("abs", "positive")]
         if bad or not self.baseline_residuals:
             raise ValueError(f"baseline_residuals must hold 'abs' and/or 'positive', got {list(self.baseline_residuals)}")
+        bad_w = [w for w in self.baseline_intensity_weights if not 0 <= w < float("inf")]
+        if bad_w or not self.baseline_intensity_weights or len(set(self.baseline_intensity_weights)) != len(
+                self.baseline_intensity_weights):
+            raise ValueError(f"baseline_intensity_weights must hold distinct finite numbers >= 0 (0: the residual "
+                             f"alone), got {list(self.baseline_intensity_weights)}")
         for name, chosen in self.variant_seeds.items():
             if name not in self.variants and name not in self.baselines:
                 raise ValueError(f"variant_seeds names {name!r}, which is neither a variant nor a baseline")

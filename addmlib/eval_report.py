@@ -16,6 +16,11 @@ from .visualization.slices import show_slice
 Results = Mapping[str, Mapping[str, Any]]
 
 
+def _is_baseline(label: str) -> bool:
+    """A floor's or baseline's row, fused with the intensity or not (shown in italics / dashed)."""
+    return any(label == b or label.startswith(f"{b}, ") for b in BASELINE_LABELS.values())
+
+
 def _fmt(m: float, s: float | None = None) -> str:
     return f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}"
 
@@ -27,7 +32,7 @@ def metrics_table(results: Results, split: str, fpr: float) -> str:
     for label, res in results.items():
         p, v = res[split]["pooled"], res[split]["per_volume_summary"]
         escaped = label.replace("|", "\\|")  # a floor's label holds |x - median|
-        name = f"*{escaped}*" if label in BASELINE_LABELS.values() else escaped
+        name = f"*{escaped}*" if _is_baseline(label) else escaped
         rows.append(f"| {name} | {_fmt(p['dice'])} | {_fmt(p['auroc'])} | {_fmt(p['iou'])} | {_fmt(p['precision'])} | "
                     f"{_fmt(p['recall'])} | {_fmt(p['auprc'])} | {_fmt(p['best_dice'])} | {_fmt(*v['dice'])} |")
     return (f"**{SPLIT_TITLES.get(split, split)}** — pooled over all scored brain voxels; Dice/IoU/precision/recall "
@@ -52,7 +57,7 @@ def curves_figure(results: Results, splits: Sequence[str]) -> plt.Figure:
     fig, axes = plt.subplots(len(splits), 2, figsize=(9, 3.6 * len(splits)), squeeze=False)
     for r, split in enumerate(splits):
         for label, res in results.items():
-            ls = "--" if label in BASELINE_LABELS.values() else "-"
+            ls = "--" if _is_baseline(label) else "-"
             fpr_, tpr_ = res[split]["curves"]["roc"]
             rec_, prec_ = res[split]["curves"]["pr"]
             axes[r, 0].plot(fpr_, tpr_, ls, label=f"{label} (AUC {res[split]['pooled']['auroc']:.3f})")
@@ -99,10 +104,11 @@ def reading(results: Results, infos: Mapping[str, Mapping[str, Any]], splits: Se
     diffusion = [label for label in results if infos[label].get("kind") == "diffusion"]
     addm = [label for label in diffusion if infos[label]["lambda_adv"] > 0]
     ddpm = [label for label in diffusion if infos[label]["lambda_adv"] == 0]
+    weight = {label: infos[label].get("intensity_weight", 0.0) for label in diffusion}
     floor = BASELINE_LABELS["floor_intensity"]
     for split in splits:
         for a in addm:
-            for d in ddpm:
+            for d in (d for d in ddpm if weight[d] == weight[a]):  # the same map against the same map
                 pa, pd = results[a][split]["pooled"]["auprc"], results[d][split]["pooled"]["auprc"]
                 (ma, sa), (md, sd) = (results[x][split]["per_volume_summary"]["auprc"] for x in (a, d))
                 word = verdict(pa - pd, max(sa, sd), spread_name="per-volume spread")
@@ -118,5 +124,10 @@ def reading(results: Results, infos: Mapping[str, Mapping[str, Any]], splits: Se
             beats = "beats" if p["auprc"] > f["auprc"] else "does **not** beat"
             lines.append(f"- {split}: {label} {beats} the intensity floor (AUPRC {p['auprc']:.3f} vs "
                          f"{f['auprc']:.3f}, AUROC {p['auroc']:.3f} vs {f['auroc']:.3f}).")
+    fused = sorted({w for label in results if (w := infos[label].get("intensity_weight", 0.0))})
+    if fused:
+        lines.append(f"- A map fused with the intensity (w = {', '.join(f'{w:g}' for w in fused)}) holds the floor's "
+                     f"map: it beats the floor only where its residual adds what the intensity lacks. Read it against "
+                     f"the same model's residual alone, and against the autoencoders fused at the same weight.")
     return ("One training seed per model, one evaluation seed; the spread is across volumes, not seeds (the ablation "
             "and lever notebooks repeat training over seeds).\n\n" + "\n".join(lines))

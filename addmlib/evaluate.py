@@ -35,7 +35,8 @@ from .diffusion import GaussianDiffusion, SamplerName, resolve_steps
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
 from .models import build_diffusion, load_ema_unet, model_dir
 from .noise import noise_from_config
-from .post_processing import median_filter, remove_small_components, restrict_to_brain
+from .post_processing import (fuse_intensity, intensity_scale, median_filter, remove_small_components,
+                              restrict_to_brain)
 from .runtime import amp_dtype, resolve_amp
 
 SCORE_RANGE = (0.0, 2.0)  # |x - x_hat| for images in [-1, 1]
@@ -64,6 +65,8 @@ class ScoredVolume:
     brain: np.ndarray
     lesion: np.ndarray
     volume: PreparedVolume = field(repr=False)
+    raw: np.ndarray | None = field(default=None, repr=False)  # the map before post-processing
+    spacing: np.ndarray | None = field(default=None, repr=False)  # mm per voxel of the compact stack
 
 
 Scorer = Callable[[PreparedVolume, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -131,8 +134,45 @@ def score_split(scorer: Scorer, volumes: Iterable[PreparedVolume], slice_stride:
         lesion = vol.lesion[:, :, slices] if vol.lesion is not None else np.zeros_like(brain)
         amap = post_process(err[:, :, slices], brain, spacing, pp)
         out.append(ScoredVolume(vol.id, vol.split, slices, vol.image[:, :, slices], rec[:, :, slices], amap,
-                                sq[:, :, slices], brain, lesion, vol))
+                                sq[:, :, slices], brain, lesion, vol, err[:, :, slices], spacing))
     return out
+
+
+def healthy_moments(healthy: list[ScoredVolume], pp: PostProcessing) -> dict[str, np.ndarray]:
+    """Per healthy brain, (n, sum r, sum r^2, sum x, sum x^2) of its raw map r and its input x over the voxels the
+    post-processing keeps (the brain eroded by ``pp.erode_mm``): the spreads that ``fusion_scale`` needs."""
+    out = {}
+    for v in healthy:
+        if v.raw is None or v.spacing is None:
+            raise ValueError(f"healthy volume {v.id!r} holds no raw map: score it with score_split")
+        kept = restrict_to_brain(np.ones(v.brain.shape, np.float32), v.brain, pp.erode_mm, tuple(v.spacing)) > 0
+        r, x = v.raw[kept].astype(np.float64), v.image[kept].astype(np.float64)
+        out[v.id] = np.array([r.size, r.sum(), (r * r).sum(), x.sum(), (x * x).sum()])
+    return out
+
+
+def fusion_scale(moments: dict[str, np.ndarray], weight: float, exclude: str | None = None) -> float:
+    """c of ``fuse_intensity`` for ``weight``: the standard deviations of the raw map and of the input over the healthy
+    brains other than ``exclude`` (a set-B volume's host, as for its threshold)."""
+    kept = [m for vid, m in moments.items() if vid != exclude]
+    if not kept or sum(m[0] for m in kept) < 2:
+        raise ValueError(f"no healthy brain other than {exclude!r} to set the intensity fusion's scale on")
+    n, sr, srr, sx, sxx = np.sum(kept, axis=0)
+    return intensity_scale(float(np.sqrt(max(srr / n - (sr / n) ** 2, 0.0))),
+                           float(np.sqrt(max(sxx / n - (sx / n) ** 2, 0.0))), weight)
+
+
+def fuse_split(vols: list[ScoredVolume], moments: dict[str, np.ndarray], weight: float, pp: PostProcessing,
+               own_brain: bool = False) -> dict[str, float]:
+    """In place: each volume's map becomes its raw map fused with its input (``fuse_intensity``), post-processed again.
+    The scale leaves out the volume's host (``meta["host"]``), unless ``own_brain`` (the healthy brains themselves,
+    which are calibration data). Returns the scale used per volume id."""
+    scales = {}
+    for v in vols:
+        c = fusion_scale(moments, weight, None if own_brain else v.volume.meta.get("host"))
+        v.amap = post_process(fuse_intensity(v.raw, v.image, c), v.brain, v.spacing, pp)
+        scales[v.id] = round(c, 6)
+    return scales
 
 
 def healthy_histograms(healthy: list[ScoredVolume]) -> dict[str, BinnedScores]:
@@ -238,16 +278,28 @@ def write_maps(scored: ScoredVolume, out_dir: Path, native: bool) -> list[Path]:
 
 def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[str], slice_stride: int, fpr: float,
                    pp: PostProcessing, anoddpm: bool, maps_dir: Path | None,
-                   progress: Callable[..., Any] | None = None) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
-    """Calibrate on ``val_healthy``, then measure each set; returns (metrics, scored volumes per split)."""
+                   progress: Callable[..., Any] | None = None,
+                   intensity_weight: float = 0.0) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
+    """Calibrate on ``val_healthy``, then measure each set; returns (metrics, scored volumes per split).
+
+    ``intensity_weight`` w > 0 fuses every map with the input's intensity before post-processing (``fuse_intensity``:
+    voxels ranked by z(r) + w z(x), z-scores from the healthy brains other than the volume's host)."""
     healthy = score_split(scorer, data.volumes("val_healthy"), slice_stride, pp, progress)
+    results: dict[str, Any] = {}
+    if intensity_weight:
+        moments = healthy_moments(healthy, pp)
+        results["intensity_fusion"] = {"weight": intensity_weight, "scale": round(fusion_scale(moments,
+                                                                                              intensity_weight), 6),
+                                       "val_healthy": fuse_split(healthy, moments, intensity_weight, pp, True)}
     hists = healthy_histograms(healthy)
     threshold = calibrate(hists, fpr)
-    results: dict[str, Any] = {"threshold": threshold, "fpr_target": fpr,
-                               "thresholds_without_host": {h: calibrate(hists, fpr, exclude=h) for h in hists}}
+    results.update({"threshold": threshold, "fpr_target": fpr,
+                    "thresholds_without_host": {h: calibrate(hists, fpr, exclude=h) for h in hists}})
     scored = {"val_healthy": healthy}
     for split in eval_sets:
         vols = score_split(scorer, data.volumes(split), slice_stride, pp, progress)
+        if intensity_weight:
+            results["intensity_fusion"][split] = fuse_split(vols, moments, intensity_weight, pp)
         scored[split] = vols
         thresholds = {v.id: calibrate(hists, fpr, exclude=v.volume.meta.get("host")) for v in vols}
         results[split] = measure(vols, thresholds, pp, anoddpm)
@@ -306,19 +358,61 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
     return out
 
 
+def remembering(scorer: Scorer) -> Scorer:
+    """``scorer``, keeping its maps per volume and slices, so that a second evaluation of the same volumes that differs
+    only in post-processing (median, intensity fusion) does not run the network again and sees the same noise draws."""
+    memo: dict[tuple[str, str, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = (vol.split, vol.id, np.asarray(slices).tobytes())
+        if key not in memo:
+            memo[key] = scorer(vol, slices)
+        return memo[key]
+
+    return score
+
+
+def fused_label(label: str, weight: float) -> str:
+    """The row label of a map fused with the intensity at ``weight`` (0: the label itself)."""
+    return f"{label}, + intensity w={weight:g}" if weight else label
+
+
 def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torch.device,
                  progress: Callable[..., Any] | None = None,
                  log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Evaluate every model of ``cfg.models`` (trained under ``<run_dir>/models/``) and every baseline of
     ``cfg.baselines`` on ``cfg.eval_sets`` with the protocol of ``evaluate_model``; NIfTI maps under ``out/maps``.
 
-    Returns (results, infos, scored set-A volumes), each keyed by the row label of the model or baseline.
+    With ``cfg.intensity_weight`` > 0 every model and autoencoder gets two rows from one pass of its network: its map
+    fused with the intensity (the row whose maps are written and shown), then its residual alone. The floors are what
+    they are. Returns (results, infos, scored set-A volumes), each keyed by the row label.
     """
     pp = PostProcessing(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels)
     run_dir = Path(cfg.run_dir).resolve()
     results: dict[str, Any] = {}
     infos: dict[str, Any] = {}
     scored_a: dict[str, Any] = {}
+
+    def rows(scorer: Scorer, label: str, name: str, info: dict[str, Any], weights: Sequence[float]) -> None:
+        scorer = remembering(scorer) if len(weights) > 1 else scorer
+        for i, weight in enumerate(weights):
+            t0 = time.perf_counter()
+            shown = i == 0  # the first row's maps are written and shown; the others are tables only
+            maps = cfg.write_nifti and shown and info["kind"] != "floor"  # a floor's map is the input
+            res, scored = evaluate_model(scorer, data, cfg.eval_sets, cfg.slice_stride, cfg.fpr, pp,
+                                         cfg.anoddpm_protocol, out / "maps" / name if maps else None, progress, weight)
+            row = fused_label(label, weight)
+            results[row] = res
+            # name: the maps folder that 05 reads; a row without maps gets a name of its own
+            infos[row] = {**info, "name": name if shown else f"{name}-w{weight:g}", "intensity_weight": weight,
+                          "wall_time_s": round(time.perf_counter() - t0, 1),
+                          "slices_scored": sum(len(v.slices) for vs in scored.values() for v in vs)}
+            if shown and info["kind"] != "floor":  # the montage shows reconstructions; a floor has none
+                scored_a[row] = scored.get("eval_a", [])
+            log(f"{row}: {infos[row]['slices_scored']} slices in {infos[row]['wall_time_s']} s; threshold "
+                f"{res['threshold']:.3f} (set A), leave-one-host-out {res['thresholds_without_host']}")
+
+    weights = (cfg.intensity_weight, 0.0) if cfg.intensity_weight else (0.0,)
     for name in cfg.models:
         model_json = model_dir(run_dir, name) / "model.json"
         if not model_json.is_file():
@@ -329,26 +423,9 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
                                         cfg.eval_noise, cfg.draws, cfg.eval_batch_size, cfg.seed, device,
                                         use_channels_last(cfg.channels_last, device), cfg.amp, cfg.patch_stride,
                                         cfg.residual)
-        t0 = time.perf_counter()
-        res, scored = evaluate_model(scorer, data, cfg.eval_sets, cfg.slice_stride, cfg.fpr, pp, cfg.anoddpm_protocol,
-                                     out / "maps" / name if cfg.write_nifti else None, progress)
-        info.update(wall_time_s=round(time.perf_counter() - t0, 1), name=name,  # name: the maps folder (05 reads it)
-                    slices_scored=sum(len(v.slices) for vs in scored.values() for v in vs))
-        label = (f"{name} (λ={info['lambda_adv']}, T={info['T']}, {info['noise']} noise, t*={info['t_star']}, "
-                 f"{info['steps']} steps)")
-        results[label], infos[label], scored_a[label] = res, info, scored.get("eval_a", [])
-        log(f"{label}: {info['slices_scored']} slices in {info['wall_time_s']} s; threshold {res['threshold']:.3f} "
-            f"(set A), leave-one-host-out {res['thresholds_without_host']}")
+        rows(scorer, f"{name} (λ={info['lambda_adv']}, T={info['T']}, {info['noise']} noise, t*={info['t_star']}, "
+                     f"{info['steps']} steps)", name, info, weights)
     for name, scorer, info in baseline_scorers(data, run_dir, cfg.baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,
                                                cfg.dae_noise_std, cfg.dae_noise_res, cfg.amp, progress, cfg.residual):
-        t0 = time.perf_counter()
-        floor = name.startswith("floor")
-        res, scored = evaluate_model(scorer, data, cfg.eval_sets, cfg.slice_stride, cfg.fpr, pp, cfg.anoddpm_protocol,
-                                     out / "maps" / name if cfg.write_nifti and not floor else None, progress)
-        label = BASELINE_LABELS[name]
-        results[label] = res
-        if not floor:  # the montage shows reconstructions; a floor has none
-            scored_a[label] = scored.get("eval_a", [])
-        infos[label] = {**info, "name": name, "wall_time_s": round(time.perf_counter() - t0, 1)}
-        log(f"{label}: threshold {res['threshold']:.3f}")
+        rows(scorer, BASELINE_LABELS[name], name, info, (0.0,) if info["kind"] == "floor" else weights)
     return results, infos, scored_a

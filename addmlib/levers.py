@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import json
 import shutil
 import sys
@@ -31,13 +32,17 @@ from .cli import ArgumentParser, run_main
 from .config import (ConfigError, EvalConfig, LeverConfig, PrepareConfig, TrainConfig, check_pipeline_parameters,
                      load_checked, load_yaml_files, validate)
 from .data.prepare import PreparedDataset, build, settings_from_config
-from .evaluate import BASELINE_LABELS, PostProcessing, baseline_scorers, diffusion_scorer, evaluate_model
+from .evaluate import (BASELINE_LABELS, PostProcessing, Scorer, baseline_scorers, diffusion_scorer, evaluate_model,
+                       remembering)
 from .fileio import write_json_atomic
 from .provenance import write_run_record
 from .runtime import resolve_device, set_threads
 from .training import CheckpointError, finished_model, model_dir, train
 
-SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride", "residual")
+SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride", "residual",
+                "intensity_weight")
+POST_PROCESSING_KEYS = ("median_size", "intensity_weight")
+"""Scoring settings applied after the network: scorings that differ only in these share one pass."""
 METRICS = ("auroc", "auprc", "dice", "best_dice")
 
 
@@ -152,6 +157,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                 t0 = time.perf_counter()
                 result = train(tcfg, train_images, progress=progress)
                 train_s = round(time.perf_counter() - t0, 1)
+            passes: dict[str, tuple[Scorer, dict[str, Any]]] = {}  # one network pass per scoring up to post-processing
             for scoring in cfg.variant_scorings.get(variant, tuple(cfg.scorings)):
                 sc = {**scoring_defaults(base, tcfg.t_star), **cfg.scorings[scoring]}
                 key = {"variant": variant, "overrides": overrides, "seed": seed, "scoring": sc, "data": fingerprint,
@@ -161,41 +167,59 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                     continue
                 t1 = time.perf_counter()
                 depths = list(sc["t_star_ensemble"]) or int(sc["t_star"])
-                scorer, info = diffusion_scorer(folder / "checkpoint.pt", depths, int(sc["sample_steps"]),
-                                                sc["sampler"], "model", int(sc["draws"]),
-                                                int(base.get("eval_batch_size", 16)), seed, device,
-                                                device.type == "cpu", amp, int(sc.get("patch_stride", 0)),
-                                                str(sc.get("residual", "abs")))
+                network = _fingerprint({k: v for k, v in sc.items() if k not in POST_PROCESSING_KEYS})
+                reused = network in passes
+                if not reused:
+                    scorer, info = diffusion_scorer(folder / "checkpoint.pt", depths, int(sc["sample_steps"]),
+                                                    sc["sampler"], "model", int(sc["draws"]),
+                                                    int(base.get("eval_batch_size", 16)), seed, device,
+                                                    device.type == "cpu", amp, int(sc.get("patch_stride", 0)),
+                                                    str(sc.get("residual", "abs")))
+                    passes[network] = (remembering(scorer), info)
+                scorer, info = passes[network]
                 pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))
-                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None)
+                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None, None,
+                                        float(sc.get("intensity_weight", 0.0)))
                 save(key, {"kind": "diffusion", "variant": variant, "seed": seed, "scoring": scoring,
                            **_row_metrics(res), "seconds": round(time.perf_counter() - t1, 1),
                            "train_seconds": train_s if result.get("resumed_from") is None else None,
-                           "amp": info["amp"], "steps_trained": result["step"]})
+                           "amp": info["amp"], "steps_trained": result["step"], "network_pass_reused": reused})
                 log(f"{variant} seed {seed} {scoring}: {rows[-1]}")
         baseline_dir = _baseline_folder(cfg, run_dir, models_root, seed)
         for name in cfg.baselines:
             if seed not in cfg.variant_seeds.get(name, cfg.seeds) or (seed != cfg.seeds[0] and name.startswith("floor")):
                 continue  # floors have no seed
-            for residual in (cfg.baseline_residuals if name in ("ae", "dae") else ("abs",)):
+            learns = name in ("ae", "dae")
+            baseline_passes: dict[str, Scorer] = {}
+            for residual, weight in itertools.product(cfg.baseline_residuals if learns else ("abs",),
+                                                      cfg.baseline_intensity_weights if learns else (0.0,)):
                 key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride,
                        "dae_steps": cfg.dae_steps, "ae_steps": int(base.get("ae_steps", 1500)), **eval_key,
                        **_changed(base, ("dae_noise_std", "dae_noise_res"))}
                 if residual != "abs":
                     key["residual"] = residual
-                label = "-" if residual == "abs" else "positive residual"
+                if weight:
+                    key["intensity_weight"] = weight
+                label = ", ".join(filter(None, ["positive residual" if residual != "abs" else "",
+                                                f"+ intensity w={weight:g}" if weight else ""])) or "-"
                 if (row := done(key, label)) is not None:
                     rows.append(row)
                     continue
                 t0 = time.perf_counter()
-                ((_, scorer, info),) = baseline_scorers(
-                    data, baseline_dir, [name], seed, int(base.get("ae_steps", 1500)),
-                    cfg.dae_steps, float(base.get("dae_noise_std", 0.2)), int(base.get("dae_noise_res", 16)), amp,
-                    progress, residual)
-                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None)
+                reused = residual in baseline_passes
+                if not reused:
+                    ((_, scorer, info),) = baseline_scorers(
+                        data, baseline_dir, [name], seed, int(base.get("ae_steps", 1500)),
+                        cfg.dae_steps, float(base.get("dae_noise_std", 0.2)), int(base.get("dae_noise_res", 16)), amp,
+                        progress, residual)
+                    baseline_passes[residual] = remembering(scorer)
+                scorer = baseline_passes[residual]
+                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None, None,
+                                        weight)
                 save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed, "scoring": label,
-                           **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1)})
-                log(f"{BASELINE_LABELS[name]} seed {seed} {residual}: {rows[-1]}")
+                           **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1),
+                           "network_pass_reused": reused})
+                log(f"{BASELINE_LABELS[name]} seed {seed} {label}: {rows[-1]}")
     return rows
 
 

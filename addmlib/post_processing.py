@@ -1,5 +1,5 @@
-"""Post-processing of anomaly maps, each step switchable: brain-mask restriction (eroded), 3-D median filter,
-removal of small connected components from a binary prediction."""
+"""Post-processing of anomaly maps, each step switchable: fusion of a residual with the input's intensity, brain-mask
+restriction (eroded), 3-D median filter, removal of small connected components from a binary prediction."""
 
 from __future__ import annotations
 
@@ -19,6 +19,28 @@ def restrict_to_brain(amap: np.ndarray, brain: np.ndarray, erode_mm: float = 0.0
         dist = ndimage.distance_transform_edt(padded, sampling=spacing[: mask.ndim])
         mask = dist[(slice(1, -1),) * mask.ndim] > erode_mm
     return np.where(mask, amap, 0.0).astype(amap.dtype)
+
+
+def intensity_scale(residual_std: float, image_std: float, weight: float) -> float:
+    """c = w * sd(r) / sd(x): the mixing constant with which ``fuse_intensity`` ranks voxels as z(r) + w * z(x)."""
+    if weight < 0 or residual_std < 0 or image_std <= 0:
+        raise ValueError(f"need weight >= 0, residual_std >= 0 and image_std > 0; got {weight}, {residual_std}, "
+                         f"{image_std}")
+    return weight * residual_std / image_std
+
+
+def fuse_intensity(residual: np.ndarray, image: np.ndarray, scale: float) -> np.ndarray:
+    """The residual map fused with the input's intensity: m = (r + c (x + 1)) / (1 + c).
+
+    x + 1 (x in [-1, 1]) is the intensity floor's map, so m is a weighted mean of the residual and the floor, and stays
+    in [0, 2] as both do. With c = ``intensity_scale(sd(r), sd(x), w)`` (healthy-brain standard deviations) m is an
+    increasing affine function of z(r) + w * z(x): each term counts in units of its spread on healthy brains.
+    ``scale`` 0 returns the residual unchanged."""
+    if scale < 0:
+        raise ValueError(f"scale must be >= 0, got {scale}")
+    if scale == 0:
+        return residual
+    return ((residual + scale * (image + 1.0)) / (1.0 + scale)).astype(residual.dtype)
 
 
 def median_filter(amap: np.ndarray, size: int = 3) -> np.ndarray:

@@ -39,6 +39,11 @@ from .fileio import write_json_atomic
 from .pipeline import REPO_ROOT, NotebookFailed, load_params, run_params
 
 
+NEUTRAL = {"intensity_weight": 0}
+"""Parameters added after cells were run, at the value that reproduces the cells run without them: left out of the
+fingerprint at that value, so that those cells stay valid."""
+
+
 @dataclass(frozen=True)
 class Cell:
     """One grid point: everything a worker needs to train and evaluate it (picklable)."""
@@ -63,7 +68,8 @@ class Cell:
     @property
     def fingerprint(self) -> str:
         """What determines the cell's numbers (its parameters but threads, its evaluation steps)."""
-        key = {"params": {k: v for k, v in self.params.items() if k != "threads"}, "eval_steps": list(self.eval_steps)}
+        params = {k: v for k, v in self.params.items() if k != "threads" and NEUTRAL.get(k, ...) != v}
+        key = {"params": params, "eval_steps": list(self.eval_steps)}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

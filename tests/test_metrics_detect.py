@@ -203,3 +203,80 @@ def test_evaluation_kernels_get_the_allocator_settings_unless_set_or_disabled(mo
     monkeypatch.setenv("ADDM_MALLOC_TUNING", "0")
     with kernel_env("03_evaluate"):
         assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+
+
+def test_intensity_fusion_ranks_by_the_sum_of_z_scores_and_stays_in_range():
+    from scipy.stats import rankdata
+    from addmlib.post_processing import fuse_intensity, intensity_scale
+    rng = np.random.default_rng(1)
+    r, x = rng.uniform(0, 2, 5000), rng.uniform(-1, 1, 5000)
+    sr, sx, w = 0.1, 0.4, 3.0
+    m = fuse_intensity(r, x, intensity_scale(sr, sx, w))
+    assert np.array_equal(rankdata(m), rankdata(r / sr + w * x / sx))  # the same order as z(r) + w z(x)
+    m32 = fuse_intensity(r.astype(np.float32), x.astype(np.float32), intensity_scale(sr, sx, w))
+    assert m32.min() >= 0 and m32.max() <= 2 and m32.dtype == np.float32
+    assert fuse_intensity(r, x, 0.0) is r, "weight 0 is the residual alone"
+    with pytest.raises(ValueError, match="weight >= 0"):
+        intensity_scale(sr, sx, -1.0)
+    with pytest.raises(ValueError, match="image_std > 0"):
+        intensity_scale(sr, 0.0, 1.0)
+
+
+class _Vol:
+    """The fields of a PreparedVolume that the evaluation reads."""
+
+    def __init__(self, vid, split, image, brain, lesion=None, host=None):
+        self.id, self.split, self.image, self.brain, self.lesion = vid, split, image, brain, lesion
+        self.affine, self.slices, self.meta = np.eye(4), np.arange(image.shape[2]), {"host": host} if host else {}
+
+
+def test_evaluation_fuses_the_map_with_the_intensity_scaled_on_the_other_healthy_brains():
+    """A residual that sees the lesion weakly, and an image where the lesion is bright but so is a tissue: each alone
+    ranks the lesion below some healthy voxels; fused, each covers the other's false alarms."""
+    from addmlib.evaluate import (PostProcessing, evaluate_model, fusion_scale, healthy_moments, score_split)
+    rng = np.random.default_rng(0)
+    shape = (24, 24, 6)
+    brain = np.zeros(shape, bool)
+    brain[2:22, 2:22] = True
+    tissue = np.zeros(shape, bool)
+    tissue[4:10, 12:20] = True  # bright healthy tissue, which the model reconstructs
+
+    def brain_image(lesion=None):
+        img = np.where(brain, rng.normal(0.0, 0.1, shape), -1.0)
+        img[tissue] += 0.6
+        if lesion is not None:
+            img[lesion] += 0.6
+        return np.clip(img, -1, 1).astype(np.float32)
+
+    lesion = np.zeros(shape, bool)
+    lesion[13:19, 5:11, 1:5] = True
+    hosts = {f"h{i}": brain_image() for i in range(2)}
+    data = {"val_healthy": [_Vol(h, "val_healthy", img, brain) for h, img in hosts.items()],
+            "eval_b": [_Vol("h0-les", "eval_b", brain_image(lesion), brain, lesion, host="h0")]}
+    spread = {"h0": 0.1, "h1": 0.15}  # the two healthy brains' residuals differ in spread
+
+    def scorer(vol, slices):
+        sd = spread.get(vol.meta.get("host", vol.id))
+        r = np.abs(rng.normal(0, sd, shape)).astype(np.float32)
+        if vol.lesion is not None:
+            r[vol.lesion] += sd  # the lesion is not healed: a weak, noisy excess
+        return vol.image, r, r ** 2
+
+    dataset = type("D", (), {"volumes": lambda self, split: data[split]})()
+    pp = PostProcessing(erode_mm=0.0, median_size=1, min_component_voxels=1)
+    plain, _ = evaluate_model(scorer, dataset, ["eval_b"], 1, 0.05, pp, False, None)
+    fused, scored = evaluate_model(scorer, dataset, ["eval_b"], 1, 0.05, pp, False, None, None, 2.0)
+    assert "intensity_fusion" not in plain
+    floor = np.concatenate([v.image[brain] for v in data["eval_b"]])
+    floor_ap = average_precision_score(lesion[brain], floor)
+    assert fused["eval_b"]["pooled"]["auprc"] > max(plain["eval_b"]["pooled"]["auprc"], floor_ap) + 0.1, \
+        (fused["eval_b"]["pooled"]["auprc"], plain["eval_b"]["pooled"]["auprc"], floor_ap)
+    # the set-B volume is scaled on the other host only, as its threshold is calibrated
+    moments = healthy_moments(score_split(scorer, data["val_healthy"], 1, pp), pp)
+    info = fused["intensity_fusion"]
+    assert info["weight"] == 2.0 and set(info["val_healthy"]) == {"h0", "h1"}
+    assert info["eval_b"]["h0-les"] == pytest.approx(fusion_scale(moments, 2.0, exclude="h0"), rel=0.1)
+    assert fusion_scale(moments, 2.0, exclude="h0") > 1.3 * fusion_scale(moments, 2.0, exclude="h1")
+    assert scored["eval_b"][0].amap.max() <= 2.0
+    with pytest.raises(ValueError, match="no healthy brain other than 'h0'"):
+        fusion_scale({"h0": moments["h0"]}, 2.0, exclude="h0")
