@@ -64,8 +64,9 @@ def results_frame(sweep_dir: str | Path, cfg: AblationConfig | None = None) -> p
                 warnings.warn(f"{path.parent / ev['metrics']} is missing or unreadable: cell {rec['cell']} at "
                               f"{ev['steps']} steps left out")
                 continue
-            # the row whose maps were shown (with intensity fusion, the fused one; the residual alone comes second)
-            label = next(iter(metrics["results"]))
+            # the cell's own scoring: with intensity fusion the evaluation also holds the residual alone (weight 0)
+            weight = metrics.get("config", {}).get("intensity_weight", 0.0)
+            label = next(lab for lab, inf in metrics["models"].items() if inf.get("intensity_weight", 0.0) == weight)
             res, info = metrics["results"][label], metrics["models"][label]
             for split, values in res.items():
                 if not split.startswith("eval_"):

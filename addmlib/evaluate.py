@@ -6,7 +6,8 @@ For each model:
    The decision threshold is the one with a chosen false-positive rate (``fpr``) on those healthy brain voxels
    (the whole brain mask, eroded rim included). Set B's volumes are those same brains with inserted lesions, so a
    set-B volume is thresholded with the calibration of the *other* healthy brains only (leave-one-host-out); set A
-   uses all of them. Nothing from an evaluated volume's own brain is used to pick its threshold.
+   uses all of them. Nothing from an evaluated volume's own brain is used to pick its threshold, nor, with intensity
+   fusion (``intensity_weight``), to scale its map.
 2. Score every volume of each evaluation set, post-process, and accumulate a streaming histogram of scores of
    lesion and non-lesion brain voxels: pooled AUROC, AUPRC and best-possible Dice (an upper bound, *tuned on the test
    set*, reported as such), and Dice / IoU / precision / recall at the calibrated threshold.
@@ -21,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -170,17 +171,26 @@ def fuse_split(vols: list[ScoredVolume], moments: dict[str, np.ndarray], weight:
     scales = {}
     for v in vols:
         c = fusion_scale(moments, weight, None if own_brain else v.volume.meta.get("host"))
-        v.amap = post_process(fuse_intensity(v.raw, v.image, c), v.brain, v.spacing, pp)
+        v.amap = fused_map(v, c, pp)
         scales[v.id] = round(c, 6)
     return scales
 
 
-def healthy_histograms(healthy: list[ScoredVolume]) -> dict[str, BinnedScores]:
-    """Per healthy brain, the histogram of its (post-processed) map over its brain voxels."""
+def fused_map(v: ScoredVolume, scale: float, pp: PostProcessing) -> np.ndarray:
+    """The volume's raw map fused with its input at ``scale`` (``fuse_intensity``), then post-processed."""
+    if v.raw is None or v.spacing is None:
+        raise ValueError(f"volume {v.id!r} holds no raw map: score it with score_split")
+    return post_process(fuse_intensity(v.raw, v.image, scale), v.brain, v.spacing, pp)
+
+
+def healthy_histograms(healthy: list[ScoredVolume], maps: Mapping[str, np.ndarray] | None = None,
+                       ) -> dict[str, BinnedScores]:
+    """Per healthy brain, the histogram of its (post-processed) map over its brain voxels (``maps[id]`` in place of
+    the volume's own map where given)."""
     out = {}
     for v in healthy:
         hist = BinnedScores(*SCORE_RANGE)
-        hist.update(v.amap, np.zeros_like(v.brain), v.brain)
+        hist.update(v.amap if maps is None else maps[v.id], np.zeros_like(v.brain), v.brain)
         out[v.id] = hist
     return out
 
@@ -283,7 +293,10 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
     """Calibrate on ``val_healthy``, then measure each set; returns (metrics, scored volumes per split).
 
     ``intensity_weight`` w > 0 fuses every map with the input's intensity before post-processing (``fuse_intensity``:
-    voxels ranked by z(r) + w z(x), z-scores from the healthy brains other than the volume's host)."""
+    before the median filter, voxels ranked by z(r) + w z(x), z-scores over the healthy brains). A set-B volume of host
+    h is fused on the scale of the healthy brains other than h, and thresholded on those brains fused on that same
+    scale, so nothing of h's own scan reaches its map's scale or its threshold; the other sets (and the healthy maps
+    themselves) use all healthy brains."""
     healthy = score_split(scorer, data.volumes("val_healthy"), slice_stride, pp, progress)
     results: dict[str, Any] = {}
     if intensity_weight:
@@ -293,15 +306,20 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
                                        "val_healthy": fuse_split(healthy, moments, intensity_weight, pp, True)}
     hists = healthy_histograms(healthy)
     threshold = calibrate(hists, fpr)
-    results.update({"threshold": threshold, "fpr_target": fpr,
-                    "thresholds_without_host": {h: calibrate(hists, fpr, exclude=h) for h in hists}})
+    without_host = {h: calibrate(hists, fpr, exclude=h) for h in hists}
+    if intensity_weight:  # recalibrate each leave-one-host-out threshold on the scale its set-B volumes get
+        for h in hists:
+            c = fusion_scale(moments, intensity_weight, exclude=h)
+            others = [v for v in healthy if v.id != h]
+            without_host[h] = calibrate(healthy_histograms(others, {v.id: fused_map(v, c, pp) for v in others}), fpr)
+    results.update({"threshold": threshold, "fpr_target": fpr, "thresholds_without_host": without_host})
     scored = {"val_healthy": healthy}
     for split in eval_sets:
         vols = score_split(scorer, data.volumes(split), slice_stride, pp, progress)
         if intensity_weight:
             results["intensity_fusion"][split] = fuse_split(vols, moments, intensity_weight, pp)
         scored[split] = vols
-        thresholds = {v.id: calibrate(hists, fpr, exclude=v.volume.meta.get("host")) for v in vols}
+        thresholds = {v.id: without_host.get(v.volume.meta.get("host"), threshold) for v in vols}
         results[split] = measure(vols, thresholds, pp, anoddpm)
         if maps_dir is not None:
             for v in vols:
@@ -384,8 +402,9 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     ``cfg.baselines`` on ``cfg.eval_sets`` with the protocol of ``evaluate_model``; NIfTI maps under ``out/maps``.
 
     With ``cfg.intensity_weight`` > 0 every model and autoencoder gets two rows from one pass of its network: its map
-    fused with the intensity (the row whose maps are written and shown), then its residual alone. The floors are what
-    they are. Returns (results, infos, scored set-A volumes), each keyed by the row label.
+    fused with the intensity, the row whose maps are written and shown (its info's ``name`` is the model's, and its
+    ``wall_time_s`` holds the network pass), and its residual alone (``name`` "<model>-w0"). The floors are what they
+    are. Returns (results, infos, scored set-A volumes), each keyed by the row label.
     """
     pp = PostProcessing(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels)
     run_dir = Path(cfg.run_dir).resolve()

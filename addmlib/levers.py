@@ -157,40 +157,50 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                 t0 = time.perf_counter()
                 result = train(tcfg, train_images, progress=progress)
                 train_s = round(time.perf_counter() - t0, 1)
-            passes: dict[str, tuple[Scorer, dict[str, Any]]] = {}  # one network pass per scoring up to post-processing
-            for scoring in cfg.variant_scorings.get(variant, tuple(cfg.scorings)):
-                sc = {**scoring_defaults(base, tcfg.t_star), **cfg.scorings[scoring]}
+            scorings = {name: _scoring(base, tcfg.t_star, cfg.scorings[name])
+                        for name in cfg.variant_scorings.get(variant, tuple(cfg.scorings))}
+            networks = {name: _fingerprint({k: v for k, v in sc.items() if k not in POST_PROCESSING_KEYS})
+                        for name, sc in scorings.items()}
+            # one network pass serves the scorings that differ only in post-processing; kept until its last one
+            passes: dict[str, tuple[Scorer, dict[str, Any], float]] = {}
+            for i, (scoring, sc) in enumerate(scorings.items()):
                 key = {"variant": variant, "overrides": overrides, "seed": seed, "scoring": sc, "data": fingerprint,
                        "stride": cfg.slice_stride, "steps_trained": result["step"], **eval_key}
+                network = networks[scoring]
                 if (row := done(key, scoring)) is not None:
                     rows.append(row)
-                    continue
-                t1 = time.perf_counter()
-                depths = list(sc["t_star_ensemble"]) or int(sc["t_star"])
-                network = _fingerprint({k: v for k, v in sc.items() if k not in POST_PROCESSING_KEYS})
-                reused = network in passes
-                if not reused:
-                    scorer, info = diffusion_scorer(folder / "checkpoint.pt", depths, int(sc["sample_steps"]),
-                                                    sc["sampler"], "model", int(sc["draws"]),
-                                                    int(base.get("eval_batch_size", 16)), seed, device,
-                                                    device.type == "cpu", amp, int(sc.get("patch_stride", 0)),
-                                                    str(sc.get("residual", "abs")))
-                    passes[network] = (remembering(scorer), info)
-                scorer, info = passes[network]
-                pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))
-                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None, None,
-                                        float(sc.get("intensity_weight", 0.0)))
-                save(key, {"kind": "diffusion", "variant": variant, "seed": seed, "scoring": scoring,
-                           **_row_metrics(res), "seconds": round(time.perf_counter() - t1, 1),
-                           "train_seconds": train_s if result.get("resumed_from") is None else None,
-                           "amp": info["amp"], "steps_trained": result["step"], "network_pass_reused": reused})
-                log(f"{variant} seed {seed} {scoring}: {rows[-1]}")
+                else:
+                    t1 = time.perf_counter()
+                    reused = network in passes
+                    if not reused:
+                        depths = list(sc["t_star_ensemble"]) or int(sc["t_star"])
+                        scorer, info = diffusion_scorer(folder / "checkpoint.pt", depths, int(sc["sample_steps"]),
+                                                        sc["sampler"], "model", int(sc["draws"]),
+                                                        int(base.get("eval_batch_size", 16)), seed, device,
+                                                        device.type == "cpu", amp, int(sc.get("patch_stride", 0)),
+                                                        str(sc.get("residual", "abs")))
+                        passes[network] = (remembering(scorer), info, 0.0)
+                    scorer, info, pass_s = passes[network]
+                    pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))
+                    res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None, None,
+                                            sc.get("intensity_weight", 0.0))
+                    seconds = round(time.perf_counter() - t1, 1)
+                    if not reused:
+                        passes[network] = (scorer, info, seconds)
+                    # seconds: what the scoring costs on its own (a reused pass counts the pass that made it)
+                    save(key, {"kind": "diffusion", "variant": variant, "seed": seed, "scoring": scoring,
+                               **_row_metrics(res), "seconds": pass_s if reused else seconds,
+                               "train_seconds": train_s if result.get("resumed_from") is None else None,
+                               "amp": info["amp"], "steps_trained": result["step"], "network_pass_reused": reused})
+                    log(f"{variant} seed {seed} {scoring}: {rows[-1]}")
+                if network not in list(networks.values())[i + 1:]:
+                    passes.pop(network, None)  # no later scoring needs this pass: free its maps
         baseline_dir = _baseline_folder(cfg, run_dir, models_root, seed)
         for name in cfg.baselines:
             if seed not in cfg.variant_seeds.get(name, cfg.seeds) or (seed != cfg.seeds[0] and name.startswith("floor")):
                 continue  # floors have no seed
             learns = name in ("ae", "dae")
-            baseline_passes: dict[str, Scorer] = {}
+            baseline_passes: dict[str, tuple[Scorer, float]] = {}  # per residual: one pass, its seconds
             for residual, weight in itertools.product(cfg.baseline_residuals if learns else ("abs",),
                                                       cfg.baseline_intensity_weights if learns else (0.0,)):
                 key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride,
@@ -212,15 +222,27 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                         data, baseline_dir, [name], seed, int(base.get("ae_steps", 1500)),
                         cfg.dae_steps, float(base.get("dae_noise_std", 0.2)), int(base.get("dae_noise_res", 16)), amp,
                         progress, residual)
-                    baseline_passes[residual] = remembering(scorer)
-                scorer = baseline_passes[residual]
+                    baseline_passes[residual] = (remembering(scorer), 0.0)
+                scorer, pass_s = baseline_passes[residual]
                 res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None, None,
                                         weight)
+                seconds = round(time.perf_counter() - t0, 1)
+                if not reused:
+                    baseline_passes[residual] = (scorer, seconds)
                 save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed, "scoring": label,
-                           **_row_metrics(res), "seconds": round(time.perf_counter() - t0, 1),
+                           **_row_metrics(res), "seconds": pass_s if reused else seconds,
                            "network_pass_reused": reused})
                 log(f"{BASELINE_LABELS[name]} seed {seed} {label}: {rows[-1]}")
     return rows
+
+
+def _scoring(base: Mapping[str, Any], t_star: int, scoring: Mapping[str, Any]) -> dict[str, Any]:
+    """A scoring's full settings: ``scoring_defaults`` overridden by the scoring's own (a weight as a float, so that
+    1 and 1.0 are one setting)."""
+    sc = {**scoring_defaults(base, t_star), **scoring}
+    if "intensity_weight" in sc:
+        sc["intensity_weight"] = float(sc["intensity_weight"])
+    return sc
 
 
 def scoring_defaults(base: Mapping[str, Any], t_star: int) -> dict[str, Any]:
@@ -399,7 +421,7 @@ def load_campaign_params(cfg: LeverConfig) -> dict[str, Any]:
         tcfg = validate(TrainConfig, {k: v for k, v in {**base, **overrides}.items()
                                       if k in {f.name for f in dataclasses.fields(TrainConfig)}}, f"variant {variant!r}")
         for name in cfg.variant_scorings.get(variant, tuple(cfg.scorings)):
-            sc = {**scoring_defaults(base, tcfg.t_star), **cfg.scorings[name]}
+            sc = _scoring(base, tcfg.t_star, cfg.scorings[name])
             deepest = max(list(sc["t_star_ensemble"]) or [int(sc["t_star"])])
             if deepest > tcfg.num_steps:
                 raise ConfigError(f"scoring {name!r} noises to t* = {deepest} > T = {tcfg.num_steps} of variant "

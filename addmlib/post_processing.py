@@ -34,7 +34,8 @@ def fuse_intensity(residual: np.ndarray, image: np.ndarray, scale: float) -> np.
 
     x + 1 (x in [-1, 1]) is the intensity floor's map, so m is a weighted mean of the residual and the floor, and stays
     in [0, 2] as both do. With c = ``intensity_scale(sd(r), sd(x), w)`` (healthy-brain standard deviations) m is an
-    increasing affine function of z(r) + w * z(x): each term counts in units of its spread on healthy brains.
+    increasing affine function of z(r) + w * z(x): each term counts in units of its spread on healthy brains (before
+    any median filter, which then acts on m).
     ``scale`` 0 returns the residual unchanged."""
     if scale < 0:
         raise ValueError(f"scale must be >= 0, got {scale}")

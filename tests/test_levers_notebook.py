@@ -47,16 +47,25 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
     spec = {"base_params": ["params/ci.yaml"], "base_overrides": {"tune_draws": 2}, "models_from": str(first),
             "threads": 1, "variants": {"coarse": {"noise": "coarse", "coarse_spacing": 8}},
-            "scorings": {"x0": {"t_star": 25, "sample_steps": 1}}, "seeds": [0, 1],
+            "scorings": {"x0": {"t_star": 25, "sample_steps": 1},
+                         "x0-int2": {"t_star": 25, "sample_steps": 1, "intensity_weight": 2}}, "seeds": [0, 1],
             "baselines": ["floor_intensity", "dae"], "variant_seeds": {"dae": [0]}, "dae_steps": 20,
-            "slice_stride": 4, "adv_profile_t": []}
+            "baseline_intensity_weights": [0, 2], "slice_stride": 4, "adv_profile_t": []}
     params = second.parent / "second.yaml"
     params.write_text(yaml.safe_dump(spec))
     assert levers_main([str(params), "--run-dir", str(second)]) == 0
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == before  # nothing written there
     assert not (second / "levers" / "models").exists() and (second / "levers" / "seed0" / "models" / "dae").is_dir()
     rows = json.loads((second / "levers" / "levers.json").read_text())["rows"]
-    assert sorted((r["variant"], r["seed"]) for r in rows if r["kind"] == "diffusion") == [("coarse", 0), ("coarse", 1)]
+    assert sorted((r["variant"], r["seed"], r["scoring"]) for r in rows if r["kind"] == "diffusion") == [
+        ("coarse", 0, "x0"), ("coarse", 0, "x0-int2"), ("coarse", 1, "x0"), ("coarse", 1, "x0-int2")]
+    # the fused scoring reuses the plain one's network pass, and counts that pass as its cost
+    by = {(r["variant"], r["seed"], r["scoring"]): r for r in rows}
+    for seed in (0, 1):
+        plain, fused = by[("coarse", seed, "x0")], by[("coarse", seed, "x0-int2")]
+        assert not plain["network_pass_reused"] and fused["network_pass_reused"]
+        assert fused["seconds"] == plain["seconds"] and fused["auprc"] != plain["auprc"]
+    assert sorted(r["scoring"] for r in rows if r["variant"].startswith("DAE")) == ["+ intensity w=2", "-"]
 
     m1, m2 = (json.loads((d / "data" / "manifest.json").read_text()) for d in (first, second))
     assert m1["fingerprint"] != m2["fingerprint"] and m1["training_fingerprint"] == m2["training_fingerprint"]

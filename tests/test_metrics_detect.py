@@ -1,5 +1,7 @@
 """Metrics against scikit-learn, threshold calibration, post-processing, NIfTI maps in native space."""
 
+import zlib
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -257,7 +259,7 @@ def test_evaluation_fuses_the_map_with_the_intensity_scaled_on_the_other_healthy
 
     def scorer(vol, slices):
         sd = spread.get(vol.meta.get("host", vol.id))
-        r = np.abs(rng.normal(0, sd, shape)).astype(np.float32)
+        r = np.abs(np.random.default_rng(zlib.crc32(vol.id.encode())).normal(0, sd, shape)).astype(np.float32)
         if vol.lesion is not None:
             r[vol.lesion] += sd  # the lesion is not healed: a weak, noisy excess
         return vol.image, r, r ** 2
@@ -280,3 +282,9 @@ def test_evaluation_fuses_the_map_with_the_intensity_scaled_on_the_other_healthy
     assert scored["eval_b"][0].amap.max() <= 2.0
     with pytest.raises(ValueError, match="no healthy brain other than 'h0'"):
         fusion_scale({"h0": moments["h0"]}, 2.0, exclude="h0")
+    # nothing of h0's own scan reaches the threshold of its set-B volume: change h0's residuals, it stays
+    spread["h0"] = 0.3
+    again, _ = evaluate_model(scorer, dataset, ["eval_b"], 1, 0.05, pp, False, None, None, 2.0)
+    assert again["thresholds_without_host"]["h0"] == fused["thresholds_without_host"]["h0"]
+    assert again["eval_b"]["per_volume"][0]["threshold"] == fused["thresholds_without_host"]["h0"]
+    assert again["thresholds_without_host"]["h1"] != fused["thresholds_without_host"]["h1"]
