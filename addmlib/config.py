@@ -381,7 +381,11 @@ class TrainConfig(ModelConfig):
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(DepthConfig):
-    """notebooks/03_evaluate.ipynb: anomaly maps, thresholds calibrated on healthy data, Table-1-style metrics."""
+    """notebooks/03_evaluate.ipynb: anomaly maps, thresholds calibrated on healthy data, Table-1-style metrics.
+
+    ``models_from``: a lever campaign's run folder (relative to the repository); ``models`` then names its trained
+    models (``<folder>/levers/models/<name>``, e.g. ``coarse8-s1``), which must have been trained on this run's
+    training data. Empty: the run's own ``models/``."""
 
     device: str = "auto"
     models: tuple[str, ...] = ("addm", "ddpm")
@@ -410,6 +414,7 @@ class EvalConfig(DepthConfig):
     patch_stride: int = 0
     residual: Literal["abs", "positive"] = "abs"
     intensity_weight: float = 0.0
+    models_from: str = ""
 
     def check(self) -> None:
         super().check()

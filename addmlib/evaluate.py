@@ -395,6 +395,29 @@ def fused_label(label: str, weight: float) -> str:
     return f"{label}, + intensity w={weight:g}" if weight else label
 
 
+def _model_json(cfg: EvalConfig, run_dir: Path, name: str, training_fingerprint: str) -> Path:
+    """The record of model ``name``: in the run's own ``models/``, or in the lever campaign of ``cfg.models_from``,
+    whose model must have been trained on this run's training data."""
+    if not cfg.models_from:
+        path = model_dir(run_dir, name) / "model.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"model {name!r}: {path} not found; train it with notebooks/02_train.ipynb "
+                                    f"(model_name = {name!r}) or remove it from `models`")
+        return path
+    from .sweep import resolve_param_file
+
+    folder = model_dir(resolve_param_file(cfg.models_from).resolve() / "levers", name)
+    path, data_json = folder / "model.json", folder / "data.json"
+    if not path.is_file() or not data_json.is_file():
+        raise FileNotFoundError(f"models_from {cfg.models_from}: model {name!r} ({folder}) has not been trained "
+                                f"there; its models are named <variant>-s<seed>")
+    trained_on = json.loads(data_json.read_text()).get("fingerprint")
+    if trained_on != training_fingerprint:
+        raise ValueError(f"models_from {cfg.models_from}: model {name!r} was trained on data {trained_on}, this run's "
+                         f"training data is {training_fingerprint}: prepare the campaign's data (its tune_hosts too)")
+    return path
+
+
 def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torch.device,
                  progress: Callable[..., Any] | None = None,
                  log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -433,10 +456,7 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
 
     weights = (cfg.intensity_weight, 0.0) if cfg.intensity_weight else (0.0,)
     for name in cfg.models:
-        model_json = model_dir(run_dir, name) / "model.json"
-        if not model_json.is_file():
-            raise FileNotFoundError(f"model {name!r}: {model_json} not found; train it with notebooks/02_train.ipynb "
-                                    f"(model_name = {name!r}) or remove it from `models`")
+        model_json = _model_json(cfg, run_dir, name, data.training_fingerprint)
         scorer, info = diffusion_scorer(json.loads(model_json.read_text())["checkpoint"],
                                         list(cfg.t_star_ensemble) or cfg.t_star, cfg.sample_steps, cfg.sampler,
                                         cfg.eval_noise, cfg.draws, cfg.eval_batch_size, cfg.seed, device,

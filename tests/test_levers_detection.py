@@ -473,3 +473,24 @@ def test_lever_table_escapes_the_pipes_of_a_floor_label():
            "auprc": 0.1, "dice": 0.1, "best_dice": 0.2, "seconds": 1.0}
     line = lever_table(summarise([row])).splitlines()[-1]
     assert line.startswith("| *floor \\|x − brain median\\|* | - | 1 |") and line.count(" | ") == 7
+
+
+def test_evaluation_scores_a_lever_campaigns_models_only_on_their_training_data(tmp_path):
+    """EvalConfig.models_from: 03 finds a campaign's model by name, and refuses one that is missing or was trained on
+    other data, naming the folder and both fingerprints."""
+    from addmlib.config import EvalConfig, validate
+    from addmlib.evaluate import _model_json
+
+    folder = tmp_path / "campaign" / "levers" / "models" / "coarse8-s1"
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps({"checkpoint": str(folder / "checkpoint.pt")}))
+    (folder / "data.json").write_text(json.dumps({"fingerprint": "aaaa"}))
+    cfg = validate(EvalConfig, {"models_from": str(tmp_path / "campaign"), "models": ["coarse8-s1"]}, "p")
+    assert _model_json(cfg, tmp_path / "run", "coarse8-s1", "aaaa") == (folder / "model.json").resolve()
+    with pytest.raises(ValueError, match="trained on data aaaa, this run's training data is bbbb"):
+        _model_json(cfg, tmp_path / "run", "coarse8-s1", "bbbb")
+    with pytest.raises(FileNotFoundError, match=r"model 'coarse8-s9' .* has not been trained there"):
+        _model_json(cfg, tmp_path / "run", "coarse8-s9", "aaaa")
+    own = validate(EvalConfig, {"models": ["addm"]}, "p")
+    with pytest.raises(FileNotFoundError, match="train it with notebooks/02_train.ipynb"):
+        _model_json(own, tmp_path / "run", "addm", "aaaa")
