@@ -26,6 +26,17 @@ from .nets import UNet, UNetConfig
 from .noise import CoarseNoise
 from .fileio import atomic_path, write_json_atomic
 
+SEEDED_INIT = "seeded"
+"""In the cache key of the AE and DAE: their initial weights are drawn right after seeding. Models cached before that
+(whose initial weights came from the process's random state, i.e. from whatever ran before) are trained again."""
+
+
+def _seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``build()`` with its initial weights drawn from ``seed`` alone (the caller's random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
 
 class ConvAutoencoder(nn.Module):
     """Encoder: 4 stride-2 conv blocks (ch, 2ch, 4ch, 4ch) to an N/16 x N/16 x ``bottleneck`` map; mirrored decoder."""
@@ -56,8 +67,8 @@ def train_autoencoder(images: np.ndarray, out_dir: str | Path, data_fingerprint:
     """Train (or load, if ``out_dir/ae.pt`` exists for the same data and settings) the autoencoder, L1 loss."""
     out_dir = Path(out_dir)
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "channels": channels,
-                "bottleneck": bottleneck, "augment": augment, "data": data_fingerprint}
-    model = ConvAutoencoder(channels, bottleneck)
+                "bottleneck": bottleneck, "augment": augment, "data": data_fingerprint, "init": SEEDED_INIT}
+    model = _seeded(lambda: ConvAutoencoder(channels, bottleneck), seed)
     ckpt = out_dir / "ae.pt"
     info_path = out_dir / "model.json"
     if ckpt.is_file() and info_path.is_file() and json.loads(info_path.read_text()).get("settings") == settings:
@@ -160,8 +171,9 @@ def train_dae(images: np.ndarray, out_dir: str | Path, data_fingerprint: str, st
         raise ValueError(f"dae noise_res {noise_res} must divide the image size {size}")
     out_dir = Path(out_dir)
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "noise_std": noise_std,
-                "noise_res": noise_res, "augment": augment, "data": data_fingerprint, "unet": repr(DAE_UNET)}
-    model = DenoisingAE(size)
+                "noise_res": noise_res, "augment": augment, "data": data_fingerprint, "unet": repr(DAE_UNET),
+                "init": SEEDED_INIT}
+    model = _seeded(lambda: DenoisingAE(size), seed)
     ckpt, info_path = out_dir / "dae.pt", out_dir / "model.json"
     if ckpt.is_file() and info_path.is_file() and json.loads(info_path.read_text()).get("settings") == settings:
         model.load_state_dict(torch.load(ckpt, weights_only=True))

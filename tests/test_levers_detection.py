@@ -157,6 +157,27 @@ def test_dae_trains_caches_and_maps(tmp_path):
         train_dae(imgs, tmp_path / "x", "fp", steps=1, noise_res=5)
 
 
+def test_autoencoders_depend_on_their_seed_alone_not_on_what_ran_before(tmp_path):
+    """The AE's and DAE's initial weights are drawn from their seed: the same seed after different work gives the same
+    model (the demo trains the AE before the DAE; a lever campaign does not), and the caller's random state is kept."""
+    from addmlib.baselines import train_autoencoder
+
+    imgs = np.random.default_rng(0).uniform(-1, 1, (6, 16, 16)).astype(np.float32)
+    weights = []
+    for run, before in enumerate((0, 5)):
+        torch.manual_seed(123)
+        torch.rand(before)  # some earlier work that used the global generator
+        dae, _ = train_dae(imgs, tmp_path / f"dae{run}", "fp", steps=2, batch_size=2, noise_res=4, seed=1)
+        ae, _ = train_autoencoder(imgs, tmp_path / f"ae{run}", "fp", steps=2, batch_size=2, seed=1)
+        weights.append([p.detach().clone() for m in (dae, ae) for p in m.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    train_dae(imgs, tmp_path / "dae0", "fp", steps=2, batch_size=2, noise_res=4, seed=1)  # loaded from the cache
+    assert torch.equal(torch.rand(3), expected), "loading a cached model leaves the caller's random state alone"
+
+
 # ----- tuning split and its source -------------------------------------------------------------------------------
 def _settings(**kw):
     base = dict(image_size=32, healthy_sources=("mrhead",), holdout_hosts=("colin27", "sri24"),
