@@ -34,7 +34,7 @@ from .data.prepare import PreparedDataset, PreparedVolume
 from .detect import fast_denoiser, score_volume, to_native_nifti
 from .diffusion import GaussianDiffusion, SamplerName, resolve_steps
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
-from .models import build_diffusion, load_ema_unet, model_dir
+from .models import build_diffusion, campaign_models_root, load_ema_unet, model_dir, trained_on
 from .noise import noise_from_config
 from .post_processing import (fuse_intensity, intensity_scale, median_filter, remove_small_components,
                               restrict_to_brain)
@@ -406,14 +406,13 @@ def _model_json(cfg: EvalConfig, run_dir: Path, name: str, training_fingerprint:
         return path
     from .sweep import resolve_param_file
 
-    folder = model_dir(resolve_param_file(cfg.models_from).resolve() / "levers", name)
-    path, data_json = folder / "model.json", folder / "data.json"
-    if not path.is_file() or not data_json.is_file():
+    folder = model_dir(campaign_models_root(resolve_param_file(cfg.models_from)), name)
+    path, recorded = folder / "model.json", trained_on(folder)
+    if not path.is_file() or recorded is None:
         raise FileNotFoundError(f"models_from {cfg.models_from}: model {name!r} ({folder}) has not been trained "
                                 f"there; its models are named <variant>-s<seed>")
-    trained_on = json.loads(data_json.read_text()).get("fingerprint")
-    if trained_on != training_fingerprint:
-        raise ValueError(f"models_from {cfg.models_from}: model {name!r} was trained on data {trained_on}, this run's "
+    if recorded != training_fingerprint:
+        raise ValueError(f"models_from {cfg.models_from}: model {name!r} was trained on data {recorded}, this run's "
                          f"training data is {training_fingerprint}: prepare the campaign's data (its tune_hosts too)")
     return path
 

@@ -37,6 +37,7 @@ from .evaluate import (BASELINE_LABELS, PostProcessing, Scorer, baseline_scorers
 from .fileio import write_json_atomic
 from .provenance import write_run_record
 from .runtime import resolve_device, set_threads
+from .models import campaign_models_root, trained_on
 from .training import CheckpointError, finished_model, model_dir, train
 
 SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride", "residual",
@@ -78,16 +79,15 @@ def _check_model_data(folder: Path, fingerprint: str, write: bool = True) -> Non
     """A campaign model belongs to the data it was trained on (``PreparedDataset.training_fingerprint``): refuse to
     resume or score it on other data. A model's first check records the data (``write``), unless it is another
     campaign's (``models_from``), which must have recorded it."""
-    record = folder / "data.json"
-    if record.is_file():
-        trained_on = json.loads(record.read_text()).get("fingerprint")
-        if trained_on != fingerprint:
-            raise ConfigError(f"{folder}: trained on data {trained_on}, the campaign's data is now {fingerprint}; "
+    recorded = trained_on(folder)
+    if recorded is not None:
+        if recorded != fingerprint:
+            raise ConfigError(f"{folder}: trained on data {recorded}, the campaign's data is now {fingerprint}; "
                               f"a campaign on other training data needs its own run_dir and models")
     elif write:
-        write_json_atomic(record, {"fingerprint": fingerprint})
+        write_json_atomic(folder / "data.json", {"fingerprint": fingerprint})
     else:
-        raise ConfigError(f"{record} not found: {folder} is not a model of a lever campaign")
+        raise ConfigError(f"{folder / 'data.json'} not found: {folder} is not a model of a lever campaign")
 
 
 def _models_root(cfg: LeverConfig) -> Path:
@@ -95,7 +95,7 @@ def _models_root(cfg: LeverConfig) -> Path:
     models it scores on its own data without training or writing there."""
     from .sweep import resolve_param_file
 
-    return (resolve_param_file(cfg.models_from) if cfg.models_from else Path(cfg.run_dir)).resolve() / "levers"
+    return campaign_models_root(resolve_param_file(cfg.models_from) if cfg.models_from else Path(cfg.run_dir))
 
 
 def _baseline_folder(cfg: LeverConfig, run_dir: Path, models_root: Path, seed: int) -> Path:

@@ -4,6 +4,7 @@ networks here, so a model is defined in one place."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,17 @@ class CheckpointError(RuntimeError):
 def model_dir(run_dir: str | Path, model_name: str) -> Path:
     """Where a model's checkpoints, log and record live: ``<run_dir>/models/<model_name>``."""
     return Path(run_dir).resolve() / "models" / model_name
+
+
+def campaign_models_root(campaign_dir: str | Path) -> Path:
+    """A lever campaign's models root: its models are ``model_dir(root, "<variant>-s<seed>")``."""
+    return Path(campaign_dir).resolve() / "levers"
+
+
+def trained_on(folder: Path) -> str | None:
+    """The training fingerprint a campaign model recorded (``data.json``), or None where it recorded none."""
+    record = folder / "data.json"
+    return json.loads(record.read_text()).get("fingerprint") if record.is_file() else None
 
 
 def unet_config(cfg: ModelConfig) -> UNetConfig:
