@@ -282,7 +282,8 @@ class PrepareConfig(RunConfig):
     manifest instead (the scan is kept without lesion, or left out without brain). ``tune_draws``: how many times
     each tuning host gets its lesions (``lesions_per_host`` synthetic ones, of the same sizes and polarities as set B's,
     and one pasted tumour per donor), each time at new places, so that the tuning split holds enough lesions to rank
-    settings; the other splits do not change with it.
+    settings; the other splits do not change with it. ``eval_b_draws``: the same for set B's hosts (a larger set B, for
+    the report: its first draw, and every other split, stay as they were).
     """
 
     image_size: int = 64
@@ -305,11 +306,13 @@ class PrepareConfig(RunConfig):
     min_mask_overlap: float = 0.5
     allow_empty_masks: bool = False
     tune_draws: int = 1
+    eval_b_draws: int = 1
 
     def check(self) -> None:
         super().check()
-        if self.tune_draws < 1:
-            raise ValueError(f"tune_draws must be >= 1, got {self.tune_draws}")
+        for name in ("tune_draws", "eval_b_draws"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size < 16 or self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 and >= 16, got {self.image_size}")
         if not 0 < self.min_brain_fraction <= 1:

@@ -197,17 +197,22 @@ def test_tuning_hosts_are_neither_trained_on_nor_evaluated():
     assert _settings().fingerprint() != _settings(tune_hosts=()).fingerprint()
 
 
-def test_tuning_draws_change_the_tuning_split_only():
-    """More lesion draws on the tuning hosts make other data (fingerprint) on which the same models stand (training
-    fingerprint); a build with one draw keeps the fingerprint it had before ``tune_draws`` existed."""
+def test_lesion_draws_change_their_own_split_only():
+    """More lesion draws on the tuning (or set-B) hosts make other data (fingerprint) on which the same models stand
+    (training fingerprint); a build with one draw keeps the fingerprint it had before ``tune_draws`` existed."""
     from addmlib.config import ConfigError, PrepareConfig, validate
 
     one, six = _settings(), _settings(tune_draws=6)
     assert one.fingerprint() != six.fingerprint()
     assert one.training_fingerprint() == six.training_fingerprint() == one.fingerprint()
     assert _settings(lesions_per_host=3, tune_draws=6).training_fingerprint() != one.training_fingerprint()
+    more_b = _settings(tune_draws=6, eval_b_draws=3)  # a larger set B: other data, the same training data
+    assert more_b.fingerprint() not in (one.fingerprint(), six.fingerprint())
+    assert more_b.training_fingerprint() == one.fingerprint()
     with pytest.raises(ConfigError, match="tune_draws must be >= 1, got 0"):
         validate(PrepareConfig, {"tune_draws": 0}, "test")
+    with pytest.raises(ConfigError, match="eval_b_draws must be >= 1, got 0"):
+        validate(PrepareConfig, {"eval_b_draws": 0}, "test")
 
 
 def _ar(members: dict[str, bytes]) -> bytes:

@@ -40,12 +40,13 @@ def test_lever_campaign_runs_resumes_and_reports(tmp_path, capsys):
 
 def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -> None:
     """``models_from`` + ``tune_draws``: the first campaign's models, untouched, scored on a tuning split with a
-    second lesion draw appended; every other split is the first campaign's, byte for byte."""
+    second lesion draw appended; set B gets a second draw too (``eval_b_draws``); every volume of the first campaign's
+    data is there, byte for byte."""
     import numpy as np
     import yaml
 
     before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
-    spec = {"base_params": ["params/ci.yaml"], "base_overrides": {"tune_draws": 2}, "models_from": str(first),
+    spec = {"base_params": ["params/ci.yaml"], "base_overrides": {"tune_draws": 2, "eval_b_draws": 2}, "models_from": str(first),
             "threads": 1, "variants": {"coarse": {"noise": "coarse", "coarse_spacing": 8}},
             "scorings": {"x0": {"t_star": 25, "sample_steps": 1},
                          "x0-int2": {"t_star": 25, "sample_steps": 1, "intensity_weight": 2}}, "seeds": [0, 1],
@@ -72,6 +73,9 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     assert m2["counts"]["tune"]["volumes"] == 2 * m1["counts"]["tune"]["volumes"]
     assert m2["split"]["tune"][:len(m1["split"]["tune"])] == m1["split"]["tune"]
     assert any(v.endswith("-draw1") for v in m2["split"]["tune"])
+    assert m2["counts"]["eval_b"]["volumes"] == 2 * m1["counts"]["eval_b"]["volumes"]
+    assert m2["split"]["eval_b"][:len(m1["split"]["eval_b"])] == m1["split"]["eval_b"]
+    assert {v["draw"] for v in m2["volumes"]["eval_b"]} == {0, 1}
     synthetic = [v for v in m2["volumes"]["tune"] if "+synthetic" in v["id"]]
     assert [(v["id"].split("+")[1], v["draw"]) for v in synthetic] == [
         ("synthetic00-hyper", 0), ("synthetic01-hypo", 0),

@@ -62,10 +62,11 @@ class PrepareSettings:
     min_mask_overlap: float = MIN_MASK_OVERLAP
     allow_empty_masks: bool = False
     tune_draws: int = 1
+    eval_b_draws: int = 1
 
     def fingerprint(self) -> str:
         """Hash of the settings. Settings added later whose defaults build the same data (``_LATER_FIELDS``: the
-        tuning hosts, the mask checks, the tuning draws) count only when changed, so datasets built before them stay
+        tuning hosts, the mask checks, the tuning and set-B draws) count only when changed, so datasets built before them stay
         valid."""
         values = asdict(self)
         for name in _LATER_FIELDS:
@@ -75,13 +76,14 @@ class PrepareSettings:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def training_fingerprint(self) -> str:
-        """The fingerprint of these settings with one lesion draw per tuning host. Builds that differ only in
-        ``tune_draws`` hold the same train, val_healthy, eval_a and eval_b splits (later draws are inserted last), so a
-        model trained on one of them is valid for all: models and baselines are keyed by this."""
-        return replace(self, tune_draws=1).fingerprint()
+        """The fingerprint of these settings with one lesion draw per tuning and set-B host. Builds that differ only in
+        ``tune_draws`` or ``eval_b_draws`` hold the same training and healthy slices (later draws are inserted last,
+        and the first draws stay as they were), so a model trained on one of them is valid for all: models and
+        baselines are keyed by this."""
+        return replace(self, tune_draws=1, eval_b_draws=1).fingerprint()
 
 
-_LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws")
+_LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws", "eval_b_draws")
 
 
 def settings_from_config(cfg: Any) -> PrepareSettings:
@@ -254,10 +256,11 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
         if split in ("train", "val_healthy", "eval_a"):
             _store(arrays, volumes, split, subject.id, *prepared[subject.id])
     rng = np.random.default_rng(settings.seed)
-    # set B first, so that adding tuning hosts leaves set B's lesions as they were; tuning draws after the first come
-    # last, so that adding them leaves every other volume as it was
+    # set B first, so that adding tuning hosts leaves set B's lesions as they were; the draws after the first come
+    # last (tuning, then set B), so that adding them leaves every other volume as it was
     draws = [("eval_b", settings.holdout_hosts, 0)]
     draws += [("tune", settings.tune_hosts, d) for d in range(settings.tune_draws)]
+    draws += [("eval_b", settings.holdout_hosts, d) for d in range(1, settings.eval_b_draws)]
     for split, host_names, draw in draws:
         for host_name in host_names:
             host, host_meta = prepared[host_name]
