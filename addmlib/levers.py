@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .baselines import SEEDED_INIT
 from .cli import ArgumentParser, run_main
 from .config import (ConfigError, EvalConfig, LeverConfig, PrepareConfig, TrainConfig, check_pipeline_parameters,
                      load_checked, load_yaml_files, validate)
@@ -203,13 +204,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
             baseline_passes: dict[str, tuple[Scorer, float]] = {}  # per residual: one pass, its seconds
             for residual, weight in itertools.product(cfg.baseline_residuals if learns else ("abs",),
                                                       cfg.baseline_intensity_weights if learns else (0.0,)):
-                key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride,
-                       "dae_steps": cfg.dae_steps, "ae_steps": int(base.get("ae_steps", 1500)), **eval_key,
-                       **_changed(base, ("dae_noise_std", "dae_noise_res"))}
-                if residual != "abs":
-                    key["residual"] = residual
-                if weight:
-                    key["intensity_weight"] = weight
+                key = _baseline_key(name, seed, fingerprint, cfg, base, eval_key, residual, weight)
                 label = ", ".join(filter(None, ["positive residual" if residual != "abs" else "",
                                                 f"+ intensity w={weight:g}" if weight else ""])) or "-"
                 if (row := done(key, label)) is not None:
@@ -234,6 +229,21 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                            "network_pass_reused": reused})
                 log(f"{BASELINE_LABELS[name]} seed {seed} {label}: {rows[-1]}")
     return rows
+
+
+def _baseline_key(name: str, seed: int, fingerprint: str, cfg: LeverConfig, base: Mapping[str, Any],
+                  eval_key: Mapping[str, Any], residual: str, weight: float) -> dict[str, Any]:
+    """What a baseline's result row is cached by. An AE's or DAE's key names its seeded initialisation, so rows
+    scored with one whose initial weights came from the process's random state (before it was seeded) are redone."""
+    key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride, "dae_steps": cfg.dae_steps,
+           "ae_steps": int(base.get("ae_steps", 1500)), **eval_key, **_changed(base, ("dae_noise_std", "dae_noise_res"))}
+    if name in ("ae", "dae"):
+        key["init"] = SEEDED_INIT
+    if residual != "abs":
+        key["residual"] = residual
+    if weight:
+        key["intensity_weight"] = weight
+    return key
 
 
 def _scoring(base: Mapping[str, Any], t_star: int, scoring: Mapping[str, Any]) -> dict[str, Any]:

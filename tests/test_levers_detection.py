@@ -178,6 +178,20 @@ def test_autoencoders_depend_on_their_seed_alone_not_on_what_ran_before(tmp_path
     assert torch.equal(torch.rand(3), expected), "loading a cached model leaves the caller's random state alone"
 
 
+def test_lever_rows_of_autoencoders_are_keyed_by_their_seeded_initialisation():
+    """A campaign's cached AE/DAE rows name the seeded initialisation, so the rows of models trained before it (their
+    keys lack it) are not reused; the floors' keys do not change."""
+    from addmlib.baselines import SEEDED_INIT
+    from addmlib.levers import _baseline_key
+
+    cfg = validate(LeverConfig, {}, "test")
+    for name in ("ae", "dae"):
+        key = _baseline_key(name, 0, "fp", cfg, {}, {}, "positive", 4.0)
+        assert key["init"] == SEEDED_INIT and key["residual"] == "positive" and key["intensity_weight"] == 4.0
+    floor = _baseline_key("floor_intensity", 0, "fp", cfg, {}, {}, "abs", 0.0)
+    assert "init" not in floor and "residual" not in floor and "intensity_weight" not in floor
+
+
 # ----- tuning split and its source -------------------------------------------------------------------------------
 def _settings(**kw):
     base = dict(image_size=32, healthy_sources=("mrhead",), holdout_hosts=("colin27", "sri24"),
