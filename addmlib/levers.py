@@ -236,7 +236,8 @@ def _baseline_key(name: str, seed: int, fingerprint: str, cfg: LeverConfig, base
     """What a baseline's result row is cached by. An AE's or DAE's key names its seeded initialisation, so rows
     scored with one whose initial weights came from the process's random state (before it was seeded) are redone."""
     key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride, "dae_steps": cfg.dae_steps,
-           "ae_steps": int(base.get("ae_steps", 1500)), **eval_key, **_changed(base, ("dae_noise_std", "dae_noise_res"))}
+           "ae_steps": int(base.get("ae_steps", 1500)), **eval_key,
+           **_changed(base, ("dae_noise_std", "dae_noise_res"))}
     if name in ("ae", "dae"):
         key["init"] = SEEDED_INIT
     if residual != "abs":

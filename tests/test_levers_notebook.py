@@ -46,8 +46,8 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     import yaml
 
     before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
-    spec = {"base_params": ["params/ci.yaml"], "base_overrides": {"tune_draws": 2, "eval_b_draws": 2}, "models_from": str(first),
-            "threads": 1, "variants": {"coarse": {"noise": "coarse", "coarse_spacing": 8}},
+    spec = {"base_params": ["params/ci.yaml"], "base_overrides": {"tune_draws": 2, "eval_b_draws": 2},
+            "models_from": str(first), "threads": 1, "variants": {"coarse": {"noise": "coarse", "coarse_spacing": 8}},
             "scorings": {"x0": {"t_star": 25, "sample_steps": 1},
                          "x0-int2": {"t_star": 25, "sample_steps": 1, "intensity_weight": 2}}, "seeds": [0, 1],
             "baselines": ["floor_intensity", "dae"], "variant_seeds": {"dae": [0]}, "dae_steps": 20,

@@ -66,8 +66,8 @@ class PrepareSettings:
 
     def fingerprint(self) -> str:
         """Hash of the settings. Settings added later whose defaults build the same data (``_LATER_FIELDS``: the
-        tuning hosts, the mask checks, the tuning and set-B draws) count only when changed, so datasets built before them stay
-        valid."""
+        tuning hosts, the mask checks, the tuning and set-B draws) count only when changed, so datasets built before
+        them stay valid."""
         values = asdict(self)
         for name in _LATER_FIELDS:
             if values[name] == PrepareSettings.__dataclass_fields__[name].default:
