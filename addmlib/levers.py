@@ -36,10 +36,13 @@ from .data.prepare import PreparedDataset, build, settings_from_config
 from .evaluate import (BASELINE_LABELS, PostProcessing, Scorer, baseline_scorers, diffusion_scorer, evaluate_model,
                        remembering)
 from .fileio import write_json_atomic
+from .models import campaign_models_root, trained_on
 from .provenance import write_run_record
 from .runtime import resolve_device, set_threads
-from .models import campaign_models_root, trained_on
 from .training import CheckpointError, finished_model, model_dir, train
+
+LEARNED_BASELINES = ("ae", "dae")
+"""The baselines that are trained (per seed) and scored with a residual; the others are floors."""
 
 SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride", "residual",
                 "intensity_weight")
@@ -200,7 +203,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
         for name in cfg.baselines:
             if seed not in cfg.variant_seeds.get(name, cfg.seeds) or (seed != cfg.seeds[0] and name.startswith("floor")):
                 continue  # floors have no seed
-            learns = name in ("ae", "dae")
+            learns = name in LEARNED_BASELINES
             baseline_passes: dict[str, tuple[Scorer, float]] = {}  # per residual: one pass, its seconds
             for residual, weight in itertools.product(cfg.baseline_residuals if learns else ("abs",),
                                                       cfg.baseline_intensity_weights if learns else (0.0,)):
@@ -238,7 +241,7 @@ def _baseline_key(name: str, seed: int, fingerprint: str, cfg: LeverConfig, base
     key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride, "dae_steps": cfg.dae_steps,
            "ae_steps": int(base.get("ae_steps", 1500)), **eval_key,
            **_changed(base, ("dae_noise_std", "dae_noise_res"))}
-    if name in ("ae", "dae"):
+    if name in LEARNED_BASELINES:
         key["init"] = SEEDED_INIT
     if residual != "abs":
         key["residual"] = residual
