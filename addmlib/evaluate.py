@@ -208,8 +208,11 @@ def calibrate(hists: dict[str, BinnedScores], fpr: float, exclude: str | None = 
 
 def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostProcessing,
             anoddpm: bool = True) -> dict[str, Any]:
-    """Pooled and per-volume/per-slice metrics of one evaluation set, each volume at ``thresholds[id]``."""
+    """Pooled and per-volume/per-slice metrics of one evaluation set, each volume at ``thresholds[id]``; ``by_host``:
+    AUROC, AUPRC and best Dice pooled over the volumes of each host brain (lesions inserted into a host; a set whose
+    volumes name no host has none), so that a split of several hosts shows whether they agree."""
     pooled = BinnedScores(*SCORE_RANGE)
+    hosts: dict[str, BinnedScores] = {}
     tp = fp = fn = 0
     per_volume, per_slice_dice, slice_auc, a_counts = [], [], [], [0, 0, 0]
     for v in scored:
@@ -220,6 +223,8 @@ def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostPr
         hist = BinnedScores(*SCORE_RANGE, bins=2000)
         hist.update(v.amap, v.lesion, region)
         pooled.update(v.amap, v.lesion, region)
+        if v.volume is not None and (host := v.volume.meta.get("host")) is not None:
+            hosts.setdefault(host, BinnedScores(*SCORE_RANGE)).update(v.amap, v.lesion, region)
         per_volume.append({"id": v.id, **overlap_metrics(*c[:3]), "auroc": hist.auroc(), "auprc": hist.auprc(),
                            "best_dice": hist.best_dice()[0], "lesion_voxels": int(v.lesion.sum()),
                            "threshold": thresholds[v.id], "warnings": hist.warnings()})
@@ -243,6 +248,8 @@ def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostPr
                    "best_dice": best, "best_dice_threshold": best_thr,
                    "lesion_voxels": int(pooled.pos.sum()), "healthy_voxels": int(pooled.neg.sum())},
         "per_volume": per_volume,
+        "by_host": {h: {"auroc": b.auroc(), "auprc": b.auprc(), "best_dice": b.best_dice()[0],
+                        "lesion_voxels": int(b.pos.sum())} for h, b in sorted(hosts.items())},
         "per_volume_summary": {k: mean_std([p[k] for p in per_volume])
                                for k in ("dice", "iou", "precision", "recall", "auroc", "auprc", "best_dice")},
         "per_slice_dice": mean_std(per_slice_dice) + (len(per_slice_dice),),

@@ -65,9 +65,11 @@ def _prepare(cfg: LeverConfig, params: Mapping[str, Any], run_dir: Path) -> Prep
     return PreparedDataset(run_dir / "data")
 
 
-def _row_metrics(res: Mapping[str, Any]) -> dict[str, float]:
+def _row_metrics(res: Mapping[str, Any]) -> dict[str, Any]:
+    """A result row's metrics: pooled over the tuning split, and AUROC/AUPRC pooled per tuning host (``by_host``)."""
     p = res["tune"]["pooled"]
-    return {k: float(p[k]) for k in METRICS}
+    by_host = {h: {k: float(m[k]) for k in ("auroc", "auprc")} for h, m in res["tune"].get("by_host", {}).items()}
+    return {**{k: float(p[k]) for k in METRICS}, "by_host": by_host}
 
 
 _EVAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
@@ -280,8 +282,42 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             entry[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
             entry[f"{m}_min"], entry[f"{m}_max"] = float(vals.min()), float(vals.max())
         entry["seconds_mean"] = float(np.mean([r["seconds"] for r in rs]))
+        hosts = [r.get("by_host") or {} for r in rs]  # rows cached before per-host metrics have none
+        for host in sorted(set(hosts[0]).intersection(*hosts)):
+            vals = np.array([h[host]["auprc"] for h in hosts], dtype=float)
+            entry[f"auprc@{host}_mean"] = float(vals.mean())
+            entry[f"auprc@{host}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         out.append(entry)
     return sorted(out, key=lambda e: -e["auprc_mean"])
+
+
+def summary_hosts(summary: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The tuning hosts that the summary's entries have per-host metrics for, in order of first appearance."""
+    return list(dict.fromkeys(k[len("auprc@"):-len("_mean")] for e in summary for k in e
+                              if k.startswith("auprc@") and k.endswith("_mean")))
+
+
+def host_table(summary: Sequence[Mapping[str, Any]]) -> str:
+    """AUPRC per tuning host (mean ± std over seeds) beside the pooled one, as a Markdown table: whether the hosts of
+    a split of several agree on the ranking. Entries without per-host metrics (older cached rows) are left out."""
+    hosts = summary_hosts(summary)
+    rows = ["| variant | scoring | seeds | AUPRC (pooled) | " + " | ".join(f"AUPRC {h}" for h in hosts) + " |",
+            "|---|---|---|---|" + "---|" * len(hosts)]
+    for e in summary:
+        if not any(f"auprc@{h}_mean" in e for h in hosts):
+            continue
+        variant = e["variant"].replace("|", "\\|")
+        name = f"*{variant}*" if e["kind"] == "baseline" else variant
+        cells = [_mean_std(e, "auprc")] + [_mean_std(e, f"auprc@{h}") if f"auprc@{h}_mean" in e else "–"
+                                           for h in hosts]
+        rows.append(f"| {name} | {e['scoring']} | {e['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _mean_std(entry: Mapping[str, Any], metric: str) -> str:
+    """``mean ± std`` of a summary entry's metric, or the mean alone for one seed."""
+    mean = entry[f"{metric}_mean"]
+    return f"{mean:.3f} ± {entry[f'{metric}_std']:.3f}" if entry["seeds"] > 1 else f"{mean:.3f}"
 
 
 def beside_summaries(cfg: LeverConfig) -> tuple[list[dict[str, Any]], list[str]]:
@@ -307,8 +343,7 @@ def lever_table(summary: Sequence[Mapping[str, Any]]) -> str:
     for e in summary:
         variant = e["variant"].replace("|", "\\|")  # a floor's label holds |x - median|
         name = f"*{variant}*" if e["kind"] == "baseline" else variant
-        cells = [f"{e[m + '_mean']:.3f} ± {e[m + '_std']:.3f}" if e["seeds"] > 1 else f"{e[m + '_mean']:.3f}"
-                 for m in METRICS]
+        cells = [_mean_std(e, m) for m in METRICS]
         rows.append(f"| {name} | {e['scoring']} | {e['seeds']} | " + " | ".join(cells) + f" | {e['seconds_mean']:.0f} |")
     return "\n".join(rows)
 
@@ -463,9 +498,11 @@ def _campaign_cli(params_file: str, run_dir: str | None) -> int:
     base = load_campaign_params(cfg)  # everything is checked before anything runs
     rows = run_campaign(cfg, base, log=lambda m: print(m, flush=True))
     result = write_results(cfg.run_dir, rows, cfg, started)
+    hosts = summary_hosts(result["summary"])
     for e in result["summary"]:
+        per_host = "".join(f" | {h} {_mean_std(e, f'auprc@{h}')}" for h in hosts if f"auprc@{h}_mean" in e)
         print(f"{e['variant']:28s} {e['scoring']:10s} n={e['seeds']} AUROC {e['auroc_mean']:.3f}±{e['auroc_std']:.3f} "
-              f"AUPRC {e['auprc_mean']:.3f}±{e['auprc_std']:.3f}")
+              f"AUPRC {e['auprc_mean']:.3f}±{e['auprc_std']:.3f}" + (per_host if len(hosts) > 1 else ""))
     return 0
 
 

@@ -312,6 +312,30 @@ def test_summary_gives_mean_and_spread_over_seeds():
     assert out[0]["auroc_min"] == 0.8 and out[0]["auroc_max"] == 0.9
 
 
+def test_summary_and_host_table_give_each_tuning_host_its_auprc():
+    from addmlib.levers import host_table
+
+    def row(seed, pa, pb, hosts=True):
+        r = {"kind": "diffusion", "variant": "v", "scoring": "s", "seed": seed, "auroc": 0.9, "auprc": (pa + pb) / 2,
+             "dice": 0.1, "best_dice": 0.2, "seconds": 1.0}
+        return {**r, "by_host": {"itk": {"auroc": 0.9, "auprc": pa}, "oasis": {"auroc": 0.8, "auprc": pb}}} if hosts else r
+
+    rows = [row(0, 0.4, 0.1), row(1, 0.6, 0.1),
+            {"kind": "baseline", "variant": "floor |x|", "scoring": "-", "seed": 0, "auroc": 0.8, "auprc": 0.3,
+             "dice": 0.0, "best_dice": 0.1, "seconds": 0.1, "by_host": {"itk": {"auroc": 0.8, "auprc": 0.35},
+                                                                          "oasis": {"auroc": 0.8, "auprc": 0.25}}}]
+    out = summarise(rows)
+    assert out[0]["auprc@itk_mean"] == pytest.approx(0.5) and out[0]["auprc@itk_std"] == pytest.approx(0.1 * 2 ** 0.5)
+    assert out[0]["auprc@oasis_mean"] == pytest.approx(0.1) and out[1]["auprc@oasis_std"] == 0.0
+    table = host_table(out).splitlines()
+    assert table[0] == "| variant | scoring | seeds | AUPRC (pooled) | AUPRC itk | AUPRC oasis |"
+    assert table[2] == "| v | s | 2 | 0.300 ± 0.071 | 0.500 ± 0.141 | 0.100 ± 0.000 |"
+    assert table[3] == "| *floor \\|x\\|* | - | 1 | 0.300 | 0.350 | 0.250 |"
+    # a group with a seed cached before per-host metrics has none; an entry without any is left out of the table
+    mixed = summarise([row(0, 0.4, 0.1), row(1, 0.6, 0.1, hosts=False)])
+    assert not any(k.startswith("auprc@") for k in mixed[0]) and len(host_table(mixed).splitlines()) == 2
+
+
 def test_beside_runs_join_the_table_marked_with_their_folder(tmp_path):
     rows = [{"kind": "diffusion", "variant": "v96", "scoring": "s", "seed": 0, "auroc": 0.9, "auprc": 0.2,
              "dice": 0.1, "best_dice": 0.2, "seconds": 1.0}]

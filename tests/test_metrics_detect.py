@@ -165,6 +165,29 @@ def test_protocol_calibrates_on_healthy_and_measures_a_perfect_map():
     assert res["per_slice_dice"][2] == 3 and res["anoddpm"]["recall"] == 1.0
 
 
+def test_measure_pools_each_host_apart():
+    """``by_host``: the metrics of each host brain's volumes pooled on their own (a two-host tuning split shows
+    whether its hosts agree); volumes that name no host (set A) are in the pooled metrics only."""
+    from types import SimpleNamespace
+
+    from addmlib.evaluate import PostProcessing, measure
+    rng = np.random.default_rng(1)
+    brain = np.ones((16, 16, 8), bool)
+    lesion = np.zeros_like(brain)
+    lesion[4:8, 4:8, 2:5] = True
+    perfect = np.where(lesion, 0.9, rng.uniform(0, 0.3, brain.shape)).astype(np.float32)
+    blind = rng.uniform(0, 1, brain.shape).astype(np.float32)
+    vols = [_scored(perfect, lesion, brain, "a1"), _scored(blind, lesion, brain, "b1"), _scored(perfect, lesion, brain, "t")]
+    for v, host in zip(vols, ("a", "b", None)):
+        object.__setattr__(v, "volume", SimpleNamespace(meta={} if host is None else {"host": host}))
+    res = measure(vols, {v.id: 0.5 for v in vols}, PostProcessing(min_component_voxels=1), anoddpm=False)
+    assert sorted(res["by_host"]) == ["a", "b"]
+    assert res["by_host"]["a"]["auprc"] == pytest.approx(1.0, abs=1e-3)
+    assert res["by_host"]["b"]["auroc"] == pytest.approx(0.5, abs=0.1) and res["by_host"]["b"]["auprc"] < 0.3
+    assert res["by_host"]["a"]["lesion_voxels"] == int(lesion.sum())
+    assert res["by_host"]["b"]["auprc"] < res["pooled"]["auprc"] < res["by_host"]["a"]["auprc"]
+
+
 def test_fast_denoiser_channels_last_matches_the_plain_model():
     from addmlib.detect import fast_denoiser
     from addmlib.nets import UNet, UNetConfig
