@@ -400,7 +400,7 @@ class EvalConfig(DepthConfig):
     t_star_ensemble: tuple[int, ...] = ()
     sample_steps: int = 50
     sampler: Literal["ddpm", "ddim"] = "ddpm"
-    eval_noise: Literal["model", "gaussian", "simplex", "coarse"] = "model"
+    eval_noise: Literal["model", "gaussian", "simplex", "coarse", "none"] = "model"
     draws: int = 1
     eval_batch_size: int = 16
     slice_stride: int = 1
@@ -426,6 +426,9 @@ class EvalConfig(DepthConfig):
                              f"{self.intensity_weight}")
         if self.patch_stride < 0:
             raise ValueError(f"patch_stride must be >= 0 (0 = half the model's patch), got {self.patch_stride}")
+        if self.eval_noise == "none" and self.draws != 1:
+            raise ValueError(f"eval_noise 'none' scores the unnoised input, which is the same every draw: draws must be "
+                             f"1, got {self.draws}")
         for name in ("ae_steps", "dae_steps", "dae_noise_res", "sample_steps", "draws", "eval_batch_size",
                      "slice_stride"):
             if getattr(self, name) < 1:

@@ -35,7 +35,7 @@ from .detect import fast_denoiser, score_volume, to_native_nifti
 from .diffusion import GaussianDiffusion, SamplerName, resolve_steps
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
 from .models import build_diffusion, campaign_models_root, load_ema_unet, model_dir, trained_on
-from .noise import noise_from_config
+from .noise import noise_from_config, zero_noise
 from .post_processing import (fuse_intensity, intensity_scale, median_filter, remove_small_components,
                               restrict_to_brain)
 from .runtime import amp_dtype, resolve_amp
@@ -89,7 +89,8 @@ def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps:
     ``t_star``: one depth, or several whose maps are averaged (an ensemble); ``amp``: "auto", "off", "bf16", "fp16"
     for the network's forward pass (``runtime.resolve_amp``; the diffusion maths stays fp32). A model trained with
     ``patch_size`` is scored patch-wise (pDDPM) on a grid of ``patch_stride`` (0: half the patch). ``residual``:
-    "abs" (|x - x_hat|) or "positive" (max(x - x_hat, 0))."""
+    "abs" (|x - x_hat|) or "positive" (max(x - x_hat, 0)). ``noise``: "model" (the noise it was trained with), a noise
+    name, or "none": the input enters unnoised (``zero_noise``; deterministic, so one draw)."""
     unet, cfg = load_ema_unet(checkpoint, device)
     amp_choice = resolve_amp(amp, device)
     eps = fast_denoiser(unet, channels_last, amp_dtype(amp_choice))
@@ -99,7 +100,7 @@ def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps:
     if bad or not depths:
         raise ValueError(f"t_star {bad or depths} is outside [1, T={cfg.num_steps}] of {checkpoint}")
     noise_name = cfg.noise if noise == "model" else noise
-    noise_fn = noise_from_config(cfg, noise_name)
+    noise_fn = zero_noise if noise_name == "none" else noise_from_config(cfg, noise_name)
     gen = torch.Generator(device=device).manual_seed(seed)
     patch = (cfg.patch_size, patch_stride or max(1, cfg.patch_size // 2)) if cfg.patch_size else None
 
@@ -468,7 +469,8 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
                                         cfg.eval_noise, cfg.draws, cfg.eval_batch_size, cfg.seed, device,
                                         use_channels_last(cfg.channels_last, device), cfg.amp, cfg.patch_stride,
                                         cfg.residual)
-        rows(scorer, f"{name} (λ={info['lambda_adv']}, T={info['T']}, {info['noise']} noise, t*={info['t_star']}, "
+        noise = "unnoised input" if info["noise"] == "none" else f"{info['noise']} noise"
+        rows(scorer, f"{name} (λ={info['lambda_adv']}, T={info['T']}, {noise}, t*={info['t_star']}, "
                      f"{info['steps']} steps)", name, info, weights)
     for name, scorer, info in baseline_scorers(data, run_dir, cfg.baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,
                                                cfg.dae_noise_std, cfg.dae_noise_res, cfg.amp, progress, cfg.residual):

@@ -45,7 +45,7 @@ LEARNED_BASELINES = ("ae", "dae")
 """The baselines that are trained (per seed) and scored with a residual; the others are floors."""
 
 SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride", "residual",
-                "intensity_weight")
+                "intensity_weight", "eval_noise")
 POST_PROCESSING_KEYS = ("median_size", "intensity_weight")
 """Scoring settings applied after the network: scorings that differ only in these share one pass."""
 METRICS = ("auroc", "auprc", "dice", "best_dice")
@@ -181,7 +181,8 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                     if not reused:
                         depths = list(sc["t_star_ensemble"]) or int(sc["t_star"])
                         scorer, info = diffusion_scorer(folder / "checkpoint.pt", depths, int(sc["sample_steps"]),
-                                                        sc["sampler"], "model", int(sc["draws"]),
+                                                        sc["sampler"], str(sc.get("eval_noise", "model")),
+                                                        int(sc["draws"]),
                                                         int(base.get("eval_batch_size", 16)), seed, device,
                                                         device.type == "cpu", amp, int(sc.get("patch_stride", 0)),
                                                         str(sc.get("residual", "abs")))
@@ -477,6 +478,9 @@ def load_campaign_params(cfg: LeverConfig) -> dict[str, Any]:
                                   f"{variant!r}")
             if sc.get("patch_stride", 0) and not tcfg.patch_size:
                 raise ConfigError(f"scoring {name!r} sets patch_stride, but variant {variant!r} is not patch-trained")
+            if sc.get("eval_noise") == "none" and int(sc["draws"]) != 1:
+                raise ConfigError(f"scoring {name!r}: eval_noise 'none' scores the unnoised input, the same every "
+                                  f"draw, but draws is {sc['draws']}: set draws 1")
         if tcfg.lambda_adv > 0 and any(t > tcfg.num_steps for t in cfg.adv_profile_t):
             raise ConfigError(f"adv_profile_t {list(cfg.adv_profile_t)} goes beyond T = {tcfg.num_steps} of variant "
                               f"{variant!r}")

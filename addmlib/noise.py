@@ -160,6 +160,13 @@ def make_noise(name: NoiseName, octaves: int = 6, persistence: float = 0.8, freq
     raise ValueError(f"unknown noise {name!r}; expected 'gaussian', 'simplex' or 'coarse'")
 
 
+def zero_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """No noise: q(x_t | x_0) then gives sqrt(abar_t) x_0, and the one-step estimate from it is the model's denoising of
+    the input itself, x0_hat = x_0 - sqrt((1 - abar_t) / abar_t) eps(sqrt(abar_t) x_0, t): whatever the model reads as
+    noise is removed (a DAE's reading of an unnoised input; the score at x_0, as in Mahmood et al. 2021)."""
+    return torch.zeros_like(like)
+
+
 def noise_from_config(cfg: Any, name: str | None = None) -> NoiseFn:
     """The noise of a model config (``cfg.noise`` unless ``name`` is given) with its simplex / coarse settings."""
     return make_noise(name or cfg.noise, cfg.simplex_octaves, cfg.simplex_persistence, cfg.simplex_frequency,

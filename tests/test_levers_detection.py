@@ -122,6 +122,32 @@ def test_t_star_ensemble_averages_the_maps_of_each_depth():
         score_volume(_toy_model, d, vol, slices, [])
 
 
+def test_unnoised_scoring_removes_what_the_model_reads_as_noise():
+    """eval_noise 'none': x_t = sqrt(abar) x0 exactly, so the one-step estimate is x0 - sqrt((1 - abar) / abar) eps
+    (eps a constant 0.1 here), the same every call; the scorer refuses more than one draw of it."""
+    from addmlib.noise import zero_noise
+
+    d = GaussianDiffusion(100)
+    vol = np.random.default_rng(2).uniform(-0.5, 0.5, (8, 8, 4)).astype(np.float32)
+    slices = np.array([0, 3])
+    seen = []
+
+    def const_eps(x, t):
+        seen.append(x.clone())
+        return torch.full_like(x, 0.1)
+
+    s = score_volume(const_eps, d, vol, slices, 20, 1, noise_fn=zero_noise, residual="positive")
+    ab = float(d.alphas_cumprod[20])
+    x0 = torch.from_numpy(np.ascontiguousarray(vol[:, :, slices].transpose(2, 0, 1)))[:, None]
+    assert torch.allclose(seen[0], (ab ** 0.5) * x0, atol=1e-6)
+    assert np.allclose(s.abs_error[:, :, slices], 0.1 * np.sqrt((1 - ab) / ab), atol=1e-5)
+    assert np.array_equal(s.abs_error, score_volume(const_eps, d, vol, slices, 20, 1, noise_fn=zero_noise,
+                                                    residual="positive").abs_error)
+    with pytest.raises(ConfigError, match="draws must be 1"):
+        validate(EvalConfig, {"eval_noise": "none", "draws": 4}, "p")
+    assert validate(EvalConfig, {"eval_noise": "none"}, "p").eval_noise == "none"
+
+
 def test_ensemble_of_one_depth_equals_that_depth():
     d = GaussianDiffusion(100)
     vol = np.random.default_rng(1).uniform(-1, 1, (8, 8, 3)).astype(np.float32)
@@ -295,6 +321,14 @@ def test_lever_campaign_params_are_checked():
     deep = validate(LeverConfig, {**load_yaml(ROOT / "params" / "levers_ci.yaml"), "adv_profile_t": [5, 500]}, "p")
     with pytest.raises(ConfigError, match="adv_profile_t \\[5, 500\\] goes beyond T = 100 of variant 'coarse'"):
         load_campaign_params(deep)
+    ci = load_yaml(ROOT / "params" / "levers_ci.yaml")
+    unnoised = validate(LeverConfig, {**ci, "base_overrides": {"draws": 4},
+                                      "scorings": {"x0-none": {"t_star": 25, "sample_steps": 1, "eval_noise": "none"}}},
+                        "p")
+    with pytest.raises(ConfigError, match="scoring 'x0-none': eval_noise 'none' .* draws is 4: set draws 1"):
+        load_campaign_params(unnoised)
+    two = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_twohost.yaml"), "levers_twohost.yaml")
+    assert "oasis30" not in load_campaign_params(two)["healthy_sources"] and two.tune_hosts == ("itk_t1", "oasis30")
     # the campaign's reference point stays the paper's reading whatever the demo adopts (cached rows keep their meaning)
     assert (base["noise"], base["sample_steps"], base["t_star_ensemble"], base["draws"], base["residual"]) == \
         ("gaussian", 25, [], 1, "abs")
