@@ -379,12 +379,13 @@ def fastest(rows: Sequence[Mapping[str, Any]], dtypes: Sequence[str] = ("fp32",)
             "batch": best["best_batch"], "s_per_image_step": min(best["s_per_image_step"].values())}
 
 
-def demo_scoring(cfg: Any) -> tuple[list[int], int, int, str]:
-    """(depths, steps per depth, draws, residual) of ``cfg.demo_scoring``, with EvalConfig's defaults where it is
-    silent (the depth: ``cfg.t_star``)."""
+def demo_scoring(cfg: Any) -> tuple[list[int], int, int, str, str]:
+    """(depths, steps per depth, draws, residual, noise) of ``cfg.demo_scoring``, with EvalConfig's defaults where it
+    is silent (the depth: ``cfg.t_star``)."""
     sc = cfg.demo_scoring
     depths = [int(t) for t in sc.get("t_star_ensemble") or [sc.get("t_star", cfg.t_star)]]
-    return depths, int(sc.get("sample_steps", 50)), int(sc.get("draws", 1)), str(sc.get("residual", "abs"))
+    return (depths, int(sc.get("sample_steps", 50)), int(sc.get("draws", 1)), str(sc.get("residual", "abs")),
+            str(sc.get("eval_noise", "model")))
 
 
 def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -403,7 +404,7 @@ def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str,
             out.append({**common, "label": f"volume {size}² {n} steps, naive loop", "batch": 1, "dtype": "fp32",
                         "channels_last": False, "malloc": False, "slices": min(cfg.naive_slices, cfg.volume_slices)})
     if cfg.demo_scoring:
-        depths, steps, draws, _ = demo_scoring(cfg)
+        depths, steps, draws, _, _ = demo_scoring(cfg)  # the noise drawn (or not) costs nothing beside the network
         demo = {"case": "volume", "threads": cfg.threads, "device": cfg.device, "slices": cfg.volume_slices,
                 "t_star": depths if len(depths) > 1 else depths[0], "steps": steps, "draws": draws,
                 "batch": fast["batch"], "dtype": fast["dtype"], "channels_last": fast["channels_last"],
@@ -497,13 +498,14 @@ def quality_curve(cfg: Any, batch: int, device: torch.device,
 
     run = Path(cfg.quality_run_dir).resolve()
     data, pp, rows = PreparedDataset(run / "data"), PostProcessing(), []
-    plans: list[tuple[str, Any, int, int, str]] = [("chain", cfg.t_star, s, 1, "abs") for s in cfg.quality_steps]
+    plans: list[tuple[str, Any, int, int, str, str]] = [("chain", cfg.t_star, s, 1, "abs", "model")
+                                                        for s in cfg.quality_steps]
     if cfg.demo_scoring:
         plans.append(("demo", *demo_scoring(cfg)))
     for name in cfg.quality_models:
         ckpt = json.loads((model_dir(run, name) / "model.json").read_text())["checkpoint"]
-        for scoring, depths, steps, draws, residual in plans:
-            scorer, info = diffusion_scorer(ckpt, depths, steps, "ddpm", "model", draws, batch, cfg.seed, device,
+        for scoring, depths, steps, draws, residual, noise in plans:
+            scorer, info = diffusion_scorer(ckpt, depths, steps, "ddpm", noise, draws, batch, cfg.seed, device,
                                             use_channels_last("auto", device), "auto", residual=residual)
             t0 = time.perf_counter()
             res, scored = evaluate_model(scorer, data, [cfg.quality_set], cfg.quality_slice_stride, 0.05, pp, False,

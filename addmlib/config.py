@@ -519,7 +519,7 @@ class BenchConfig(DepthConfig):
     its own process with ``threads`` torch threads. ``volume_steps``: strided steps from ``t_star`` (0 = every step);
     volume sizes above ``image_size`` are timed at the fewest of them only (time is linear in steps). The naive
     slice-by-slice loop is timed on ``naive_slices`` slices (per-slice cost). ``demo_scoring`` (t_star,
-    t_star_ensemble, sample_steps, draws, residual: the demo's scoring, params/demo.yaml) adds one volume per size
+    t_star_ensemble, sample_steps, draws, residual, eval_noise: the demo's scoring, params/demo.yaml) adds one volume per size
     scored that way, and a point per model to the quality-cost curve. ``measure_compile`` adds ``torch.compile``d cases, read against eager over ``compile_over_steps`` training
     steps (the demo's) with the compile time counted.
     """
@@ -550,10 +550,11 @@ class BenchConfig(DepthConfig):
 
     def check(self) -> None:
         super().check()
-        bad = sorted(set(self.demo_scoring) - {"t_star", "t_star_ensemble", "sample_steps", "draws", "residual"})
+        bad = sorted(set(self.demo_scoring) - {"t_star", "t_star_ensemble", "sample_steps", "draws", "residual",
+                                               "eval_noise"})
         if bad:
             raise ValueError(f"demo_scoring: {bad} unknown; it may hold t_star, t_star_ensemble, sample_steps, draws, "
-                             f"residual")
+                             f"residual, eval_noise")
         if self.demo_scoring:
             validate(EvalConfig, dict(self.demo_scoring), "demo_scoring")
         if self.compile_over_steps < 1:
