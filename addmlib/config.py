@@ -519,9 +519,10 @@ class BenchConfig(DepthConfig):
     its own process with ``threads`` torch threads. ``volume_steps``: strided steps from ``t_star`` (0 = every step);
     volume sizes above ``image_size`` are timed at the fewest of them only (time is linear in steps). The naive
     slice-by-slice loop is timed on ``naive_slices`` slices (per-slice cost). ``demo_scoring`` (t_star,
-    t_star_ensemble, sample_steps, draws, residual, eval_noise: the demo's scoring, params/demo.yaml) adds one volume per size
-    scored that way, and a point per model to the quality-cost curve. ``measure_compile`` adds ``torch.compile``d cases, read against eager over ``compile_over_steps`` training
-    steps (the demo's) with the compile time counted.
+    t_star_ensemble, sample_steps, draws, residual, eval_noise: the demo's scoring, params/demo.yaml) adds one volume
+    per size scored that way, and a point per model to the quality-cost curve. ``measure_compile`` adds
+    ``torch.compile``d cases, read against eager over ``compile_over_steps`` training steps (the demo's) with the
+    compile time counted.
     """
 
     run_dir: str = "../outputs/bench"
