@@ -307,12 +307,17 @@ def host_table(summary: Sequence[Mapping[str, Any]]) -> str:
     for e in summary:
         if not any(f"auprc@{h}_mean" in e for h in hosts):
             continue
-        variant = e["variant"].replace("|", "\\|")
-        name = f"*{variant}*" if e["kind"] == "baseline" else variant
         cells = [_mean_std(e, "auprc")] + [_mean_std(e, f"auprc@{h}") if f"auprc@{h}_mean" in e else "–"
                                            for h in hosts]
-        rows.append(f"| {name} | {e['scoring']} | {e['seeds']} | " + " | ".join(cells) + " |")
+        rows.append(f"| {_table_name(e)} | {e['scoring']} | {e['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _table_name(entry: Mapping[str, Any]) -> str:
+    """A summary entry's variant as a Markdown cell: pipes escaped (a floor's label holds |x - median|), baselines in
+    italics."""
+    variant = entry["variant"].replace("|", "\\|")
+    return f"*{variant}*" if entry["kind"] == "baseline" else variant
 
 
 def _mean_std(entry: Mapping[str, Any], metric: str) -> str:
@@ -342,10 +347,8 @@ def lever_table(summary: Sequence[Mapping[str, Any]]) -> str:
     rows = ["| variant | scoring | seeds | AUROC | AUPRC | Dice @ 5 % FPR | best Dice (tuning) | s per scoring |",
             "|---|---|---|---|---|---|---|---|"]
     for e in summary:
-        variant = e["variant"].replace("|", "\\|")  # a floor's label holds |x - median|
-        name = f"*{variant}*" if e["kind"] == "baseline" else variant
-        cells = [_mean_std(e, m) for m in METRICS]
-        rows.append(f"| {name} | {e['scoring']} | {e['seeds']} | " + " | ".join(cells) + f" | {e['seconds_mean']:.0f} |")
+        cells = [_mean_std(e, m) for m in METRICS] + [f"{e['seconds_mean']:.0f}"]
+        rows.append(f"| {_table_name(e)} | {e['scoring']} | {e['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
