@@ -23,7 +23,7 @@ from torch import nn
 
 from .data.augment import Augment
 from .nets import UNet, UNetConfig
-from .noise import CoarseNoise
+from .noise import CoarseNoise, HeadOnlyNoise
 from .fileio import atomic_path, write_json_atomic
 
 SEEDED_INIT = "seeded"
@@ -150,11 +150,6 @@ class DenoisingAE(nn.Module):
         return x - self.unet(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
 
 
-def head_mask(x: torch.Tensor) -> torch.Tensor:
-    """Voxels above the background value -1 (the preprocessing sets everything outside the head/brain to -1)."""
-    return (x > -0.99).to(x.dtype)
-
-
 def train_dae(images: np.ndarray, out_dir: str | Path, data_fingerprint: str, steps: int = 1500,
               batch_size: int = 16, lr: float = 1e-4, seed: int = 0, noise_std: float = 0.2, noise_res: int = 16,
               augment: bool = True, amp: torch.dtype | None = None,
@@ -180,7 +175,7 @@ def train_dae(images: np.ndarray, out_dir: str | Path, data_fingerprint: str, st
         return model.eval(), json.loads(info_path.read_text())
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    noise = CoarseNoise(size // noise_res)
+    noise = HeadOnlyNoise(CoarseNoise(size // noise_res))
     x_all = torch.as_tensor(images)[:, None]
     aug = Augment() if augment else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -190,7 +185,7 @@ def train_dae(images: np.ndarray, out_dir: str | Path, data_fingerprint: str, st
         x = x_all[torch.randint(len(x_all), (batch_size,), generator=gen)]
         if aug is not None:
             x = aug(x, gen)
-        noisy = x + noise_std * noise(x, gen) * head_mask(x)
+        noisy = x + noise_std * noise(x, gen)
         with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
             loss = F.mse_loss(model(noisy).float(), x)
         opt.zero_grad(set_to_none=True)

@@ -222,7 +222,10 @@ class DepthConfig(RunConfig):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(DepthConfig):
-    """The diffusion model's definition: schedule, noise, networks, loss weight (shared by method and training)."""
+    """The diffusion model's definition: schedule, noise, networks, loss weight (shared by method and training).
+
+    ``noise_region``: where the forward process noises, "image" (everywhere, the paper's) or "head" (inside the head
+    only, eps * 1[x0 > -0.99], as the coarse-noise DAE does; ``noise.HeadOnlyNoise``)."""
 
     device: str = "auto"
     image_size: int = 64
@@ -233,6 +236,7 @@ class ModelConfig(DepthConfig):
     simplex_persistence: float = 0.8
     simplex_frequency: float = 64.0
     coarse_spacing: int = 8
+    noise_region: Literal["image", "head"] = "image"
     lambda_adv: float = 0.05
     discriminator: Literal["paper", "conditional"] = "paper"
     unet_base_channels: int = 32

@@ -238,11 +238,14 @@ class GaussianDiffusion:
     @torch.no_grad()
     def denoise(self, model: EpsModel, xt: torch.Tensor, timesteps: Sequence[int], sampler: SamplerName = "ddpm",
                 noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
-                keep: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                keep: tuple[torch.Tensor, torch.Tensor] | None = None,
+                noise_like: torch.Tensor | None = None) -> torch.Tensor:
         """Run the reverse chain over descending ``timesteps`` (t_start, ..., 0) starting from x_{t_start}.
 
         ``keep = (mask, x0)``: patch-wise denoising (pDDPM, Behrendt et al. 2023): only where mask = 1 is denoised;
         elsewhere the clean context x0 is put back after every step, as the model saw it in training.
+        ``noise_like``: the image each step's noise is drawn like (the clean x0, for a noise confined to the head,
+        ``noise.HeadOnlyNoise``); None: the current x_t.
         """
         if list(timesteps) != sorted(set(timesteps), reverse=True) or timesteps[-1] != 0:
             raise ValueError(f"timesteps must be strictly descending and end at 0, got {list(timesteps)[:5]}...")
@@ -259,7 +262,7 @@ class GaussianDiffusion:
             if sampler == "ddim":
                 x = self.ddim_step(x, t, eps, s)
             else:
-                x = self.p_sample_from_eps(x, t, eps, noise_fn(x, generator), s)
+                x = self.p_sample_from_eps(x, t, eps, noise_fn(x if noise_like is None else noise_like, generator), s)
             if keep is not None:
                 x = keep[0] * x + (1 - keep[0]) * keep[1]
         return x
@@ -268,10 +271,12 @@ class GaussianDiffusion:
     def sample(self, model: EpsModel, shape: Sequence[int], steps: int | None = None, sampler: SamplerName = "ddpm",
                noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
                device: torch.device | str = "cpu") -> torch.Tensor:
-        """Unconditional samples from x_T ~ N(0, I) with ``steps`` reverse steps (default: all T)."""
-        x = noise_fn(torch.empty(tuple(shape), device=device), generator)
+        """Unconditional samples from x_T ~ N(0, I) with ``steps`` reverse steps (default: all T). The noise covers the
+        whole image (there is no x0, so no head to confine it to)."""
+        whole = torch.zeros(tuple(shape), device=device)
+        x = noise_fn(whole, generator)
         ts = strided_timesteps(self.num_steps, resolve_steps(steps, self.num_steps))
-        return self.denoise(model, x, ts, sampler, noise_fn, generator)
+        return self.denoise(model, x, ts, sampler, noise_fn, generator, noise_like=whole)
 
     @torch.no_grad()
     def reconstruct(self, model: EpsModel, x0: torch.Tensor, t_star: int, steps: int | None = None,
@@ -291,7 +296,7 @@ class GaussianDiffusion:
         if mask is not None:
             xt = patch_noise(x0, xt, mask)
         return self.denoise(model, xt, strided_timesteps(t_star, resolve_steps(steps, t_star)), sampler, noise_fn,
-                            generator, None if mask is None else (mask, x0))
+                            generator, None if mask is None else (mask, x0), noise_like=x0)
 
 
 def patch_noise(x0: torch.Tensor, xt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ the AnoDDPM protocol table, ROC/PR curves, the set-A montage and the reading of 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -38,6 +39,40 @@ def metrics_table(results: Results, split: str, fpr: float) -> str:
     return (f"**{SPLIT_TITLES.get(split, split)}** — pooled over all scored brain voxels; Dice/IoU/precision/recall "
             f"at the threshold with {fpr:.0%} FPR on healthy brains (set B: on the other host); last column mean ± "
             f"std over volumes; baselines and floors in italics.\n\n" + "\n".join(rows))
+
+
+def lesion_kind(volume_id: str) -> str:
+    """What a volume's lesion is, from its id: ``<host>+synthetic<i>-<polarity>[-draw<k>]`` is "synthetic <polarity>",
+    ``<host>+pasted-<donor>[-draw<k>]`` is "pasted <donor>"; any other id (a real tumour scan) is its own kind."""
+    if "+" not in volume_id:
+        return volume_id
+    lesion = re.sub(r"-draw\d+$", "", volume_id.split("+", 1)[1])
+    if lesion.startswith("pasted-"):
+        return f"pasted {lesion[len('pasted-'):]}"
+    match = re.fullmatch(r"synthetic\d+-(\w+)", lesion)
+    return f"synthetic {match.group(1)}" if match else lesion
+
+
+def lesion_kind_table(results: Results, split: str) -> str:
+    """Markdown: per map (the results holding ``split``), the mean over volumes of the per-volume AUPRC, by lesion kind
+    (``lesion_kind``), and the number of volumes of each kind: which lesions a map finds, where the pooled AUPRC is set
+    by the largest ones."""
+    scored = {label: res for label, res in results.items() if split in res}
+    if not scored:
+        raise ValueError(f"no result holds the split {split!r}")
+    kinds: dict[str, int] = {}
+    for v in next(iter(scored.values()))[split]["per_volume"]:
+        kinds[lesion_kind(v["id"])] = kinds.get(lesion_kind(v["id"]), 0) + 1
+    rows = ["| map | " + " | ".join(f"{k} ({n})" for k, n in kinds.items()) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for label, res in scored.items():
+        by_kind: dict[str, list[float]] = {k: [] for k in kinds}
+        for v in res[split]["per_volume"]:
+            by_kind.setdefault(lesion_kind(v["id"]), []).append(float(v["auprc"]))
+        escaped = label.replace("|", "\\|")
+        name = f"*{escaped}*" if _is_baseline(label) else escaped
+        rows.append(f"| {name} | " + " | ".join(_fmt(float(np.mean(by_kind[k]))) for k in kinds) + " |")
+    return (f"**{SPLIT_TITLES.get(split, split)}, by lesion kind** — mean per-volume AUPRC (volumes of each kind in "
+            "brackets).\n\n" + "\n".join(rows))
 
 
 def anoddpm_table(results: Results, splits: Sequence[str]) -> str:

@@ -142,6 +142,28 @@ class CoarseNoise:
         return field.reshape(b, c, h, w).to(like.dtype)
 
 
+BACKGROUND_MAX = -0.99
+"""Preprocessing sets everything outside the head/brain to -1: a voxel above this value is inside."""
+
+
+def head_mask(x: torch.Tensor) -> torch.Tensor:
+    """1 where ``x`` is above the background value -1 (inside the head/brain), 0 elsewhere."""
+    return (x > BACKGROUND_MAX).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class HeadOnlyNoise:
+    """``base`` noise inside the head only, eps * 1[x0 > -0.99]: the coarse-noise DAE's noise region (Kascenas et al.
+    2022). ``like`` must be the clean image x0; its background stays noise-free, so q(x_t | x0) leaves it at
+    sqrt(abar_t) * (-1) at every t, as the unnoised input is at scoring time. The field is standardised over the whole
+    image before the mask, so inside the head its variance is still 1."""
+
+    base: NoiseFn
+
+    def __call__(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.base(like, generator) * head_mask(like)
+
+
 def lag1_correlation(field: torch.Tensor) -> float:
     """Mean correlation between horizontally adjacent pixels, sum f[x] f[x+1] / sum f^2 (0 for white noise; near 1
     for smooth fields)."""
@@ -168,6 +190,8 @@ def zero_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> 
 
 
 def noise_from_config(cfg: Any, name: str | None = None) -> NoiseFn:
-    """The noise of a model config (``cfg.noise`` unless ``name`` is given) with its simplex / coarse settings."""
-    return make_noise(name or cfg.noise, cfg.simplex_octaves, cfg.simplex_persistence, cfg.simplex_frequency,
-                      getattr(cfg, "coarse_spacing", 8))
+    """The noise of a model config (``cfg.noise`` unless ``name`` is given) with its simplex / coarse settings, inside
+    the head only when the model's ``noise_region`` is "head" (``HeadOnlyNoise``; then ``like`` must be the clean x0)."""
+    noise = make_noise(name or cfg.noise, cfg.simplex_octaves, cfg.simplex_persistence, cfg.simplex_frequency,
+                       getattr(cfg, "coarse_spacing", 8))
+    return HeadOnlyNoise(noise) if getattr(cfg, "noise_region", "image") == "head" else noise

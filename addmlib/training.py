@@ -62,7 +62,7 @@ CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint-prev.pt"
 LOG = "train_log.jsonl"
 # Parameters that change what is learned: a resumed run must agree with its checkpoint on all of these.
-ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise", "simplex_octaves",
+ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise", "noise_region", "simplex_octaves",
                      "simplex_persistence", "simplex_frequency", "coarse_spacing", "lambda_adv", "discriminator",
                      "unet_base_channels", "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions",
                      "unet_dropout", "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
@@ -273,10 +273,11 @@ class Trainer:
         return out
 
     def _noise(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Noise drawn on the CPU generator (reproducible, resumable), then moved to the device."""
+        """Noise drawn on the CPU generator (reproducible, resumable), then moved to the device (``like`` is copied
+        to the CPU with it: a noise confined to the head reads its values)."""
         if like.device.type == "cpu":
             return self.noise_fn(like, generator)
-        return self.noise_fn(torch.empty(like.shape, dtype=like.dtype), self.gen).to(like.device)
+        return self.noise_fn(like.detach().cpu(), self.gen).to(like.device)
 
     def fit(self, progress: Callable[..., Any] | None = None, stop_after: int | None = None) -> dict[str, Any]:
         """Train until ``total_steps`` (or ``stop_after`` more steps); checkpoint and log as configured."""

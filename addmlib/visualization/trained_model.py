@@ -49,7 +49,7 @@ def reconstruction_figure(unet: torch.nn.Module, diffusion: GaussianDiffusion,
     x0 = torch.from_numpy(images[pick])[:, None].to(device)
     steps = min(steps, t_star)
     xt = diffusion.q_sample(x0, t_star, noise_fn(x0, generator))
-    rec = diffusion.denoise(unet, xt, strided_timesteps(t_star, steps), "ddpm", noise_fn, generator)
+    rec = diffusion.denoise(unet, xt, strided_timesteps(t_star, steps), "ddpm", noise_fn, generator, noise_like=x0)
     error = (x0 - rec).abs()
     rows = {"input": x0, f"x_t* (t*={t_star})": xt, f"reconstruction ({steps} steps)": rec, "|input − rec|": error}
     fig = slice_rows({k: v.detach().cpu().numpy() for k, v in rows.items()}, maps=["|input − rec|"])

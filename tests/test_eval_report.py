@@ -1,0 +1,36 @@
+"""The lesion-kind breakdown of an evaluation (eval_report.lesion_kind, lesion_kind_table)."""
+
+from __future__ import annotations
+
+import pytest
+
+from addmlib.eval_report import lesion_kind, lesion_kind_table
+
+
+@pytest.mark.parametrize("volume_id, kind", [
+    ("colin27+synthetic00-hyper", "synthetic hyper"),
+    ("sri24+synthetic01-hypo-draw3", "synthetic hypo"),
+    ("colin27+pasted-pyradiomics_brain1-draw1", "pasted pyradiomics_brain1"),
+    ("itk_t1+pasted-qtim_tumor2", "pasted qtim_tumor2"),
+    ("qtim_tumor2", "qtim_tumor2"),
+])
+def test_lesion_kind_reads_the_volume_id(volume_id: str, kind: str) -> None:
+    assert lesion_kind(volume_id) == kind
+
+
+def _result(auprcs: dict[str, float]) -> dict:
+    return {"eval_b": {"per_volume": [{"id": i, "auprc": a} for i, a in auprcs.items()]}}
+
+
+def test_lesion_kind_table_averages_each_kind_over_its_volumes() -> None:
+    ids = ["a+synthetic00-hyper", "a+synthetic01-hypo", "a+synthetic00-hyper-draw1", "a+pasted-d1"]
+    results = {"model": _result(dict(zip(ids, [0.2, 0.0, 0.6, 0.5]))),
+               "intensity floor (x itself)": _result(dict(zip(ids, [0.1, 0.1, 0.1, 0.9]))),
+               "set A only": {"eval_a": {"per_volume": []}}}
+    lines = lesion_kind_table(results, "eval_b").splitlines()
+    assert lines[2] == "| map | synthetic hyper (2) | synthetic hypo (1) | pasted d1 (1) |"
+    assert lines[4] == "| model | 0.400 | 0.000 | 0.500 |"
+    assert lines[5] == "| *intensity floor (x itself)* | 0.100 | 0.100 | 0.900 |"
+    assert len(lines) == 6  # the result without set B has no row
+    with pytest.raises(ValueError, match="eval_x"):
+        lesion_kind_table(results, "eval_x")
