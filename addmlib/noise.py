@@ -191,7 +191,8 @@ def zero_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> 
 
 def noise_from_config(cfg: Any, name: str | None = None) -> NoiseFn:
     """The noise of a model config (``cfg.noise`` unless ``name`` is given) with its simplex / coarse settings, inside
-    the head only when the model's ``noise_region`` is "head" (``HeadOnlyNoise``; then ``like`` must be the clean x0)."""
+    the head only when the model's ``noise_region`` is "head" (``HeadOnlyNoise``; ``like`` must then be the clean
+    x0)."""
     noise = make_noise(name or cfg.noise, cfg.simplex_octaves, cfg.simplex_persistence, cfg.simplex_frequency,
                        getattr(cfg, "coarse_spacing", 8))
     return HeadOnlyNoise(noise) if getattr(cfg, "noise_region", "image") == "head" else noise
