@@ -82,8 +82,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, images: torch.Tensor, out_dir: str | Path,
                  device: torch.device | None = None) -> None:
         if images.dim() != 4 or images.shape[1] != 1 or images.shape[-1] != cfg.image_size:
-            raise ValueError(f"training images must be (N, 1, {cfg.image_size}, {cfg.image_size}), "
-                             f"got {tuple(images.shape)}")
+            raise ValueError(f"training images must be (N, 1, {cfg.image_size}, {cfg.image_size}) for image_size = "
+                             f"{cfg.image_size}, got {tuple(images.shape)}: prepare the data at this size first")
         self.cfg = cfg
         self.out = Path(out_dir)
         self.rank = dist.get_rank() if dist.is_initialized() else 0

@@ -209,3 +209,10 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
     assert result["resumed_from"] >= saved and result["step"] == 150 and result["finished"]
     steps = [r["step"] for r in read_log(model_dir(tmp_path, "addm") / "train_log.jsonl")]
     assert steps == sorted(set(steps)), "the log has no duplicated steps after the resume"
+
+
+def test_images_of_another_size_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"\(N, 1, 16, 16\) for image_size = 16, got \(24, 1, 32, 32\): prepare the data "
+                                         r"at this size first"):
+        train(_cfg(tmp_path), _blobs(size=32))
+    assert not model_dir(tmp_path, "addm").exists() or not any(model_dir(tmp_path, "addm").iterdir())
