@@ -22,6 +22,12 @@ def _is_baseline(label: str) -> bool:
     return any(label == b or label.startswith(f"{b}, ") for b in BASELINE_LABELS.values())
 
 
+def _label_cell(label: str) -> str:
+    """A map's label as a Markdown cell: pipes escaped (a floor's label holds |x - median|), baselines in italics."""
+    escaped = label.replace("|", "\\|")
+    return f"*{escaped}*" if _is_baseline(label) else escaped
+
+
 def _fmt(m: float, s: float | None = None) -> str:
     return f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}"
 
@@ -32,9 +38,7 @@ def metrics_table(results: Results, split: str, fpr: float) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for label, res in results.items():
         p, v = res[split]["pooled"], res[split]["per_volume_summary"]
-        escaped = label.replace("|", "\\|")  # a floor's label holds |x - median|
-        name = f"*{escaped}*" if _is_baseline(label) else escaped
-        rows.append(f"| {name} | {_fmt(p['dice'])} | {_fmt(p['auroc'])} | {_fmt(p['iou'])} | {_fmt(p['precision'])} | "
+        rows.append(f"| {_label_cell(label)} | {_fmt(p['dice'])} | {_fmt(p['auroc'])} | {_fmt(p['iou'])} | {_fmt(p['precision'])} | "
                     f"{_fmt(p['recall'])} | {_fmt(p['auprc'])} | {_fmt(p['best_dice'])} | {_fmt(*v['dice'])} |")
     return (f"**{SPLIT_TITLES.get(split, split)}** — pooled over all scored brain voxels; Dice/IoU/precision/recall "
             f"at the threshold with {fpr:.0%} FPR on healthy brains (set B: on the other host); last column mean ± "
@@ -61,16 +65,14 @@ def lesion_kind_table(results: Results, split: str) -> str:
     if not scored:
         raise ValueError(f"no result holds the split {split!r}")
     kinds: dict[str, int] = {}
-    for v in next(iter(scored.values()))[split]["per_volume"]:
-        kinds[lesion_kind(v["id"])] = kinds.get(lesion_kind(v["id"]), 0) + 1
+    for kind in (lesion_kind(v["id"]) for v in next(iter(scored.values()))[split]["per_volume"]):
+        kinds[kind] = kinds.get(kind, 0) + 1
     rows = ["| map | " + " | ".join(f"{k} ({n})" for k, n in kinds.items()) + " |", "|---" * (len(kinds) + 1) + "|"]
     for label, res in scored.items():
         by_kind: dict[str, list[float]] = {k: [] for k in kinds}
         for v in res[split]["per_volume"]:
             by_kind.setdefault(lesion_kind(v["id"]), []).append(float(v["auprc"]))
-        escaped = label.replace("|", "\\|")
-        name = f"*{escaped}*" if _is_baseline(label) else escaped
-        rows.append(f"| {name} | " + " | ".join(_fmt(float(np.mean(by_kind[k]))) for k in kinds) + " |")
+        rows.append(f"| {_label_cell(label)} | " + " | ".join(_fmt(float(np.mean(by_kind[k]))) for k in kinds) + " |")
     return (f"**{SPLIT_TITLES.get(split, split)}, by lesion kind** — mean per-volume AUPRC (volumes of each kind in "
             "brackets).\n\n" + "\n".join(rows))
 
