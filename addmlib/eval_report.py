@@ -38,8 +38,9 @@ def metrics_table(results: Results, split: str, fpr: float) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for label, res in results.items():
         p, v = res[split]["pooled"], res[split]["per_volume_summary"]
-        rows.append(f"| {_label_cell(label)} | {_fmt(p['dice'])} | {_fmt(p['auroc'])} | {_fmt(p['iou'])} | {_fmt(p['precision'])} | "
-                    f"{_fmt(p['recall'])} | {_fmt(p['auprc'])} | {_fmt(p['best_dice'])} | {_fmt(*v['dice'])} |")
+        rows.append(f"| {_label_cell(label)} | {_fmt(p['dice'])} | {_fmt(p['auroc'])} | {_fmt(p['iou'])} | "
+                    f"{_fmt(p['precision'])} | {_fmt(p['recall'])} | {_fmt(p['auprc'])} | {_fmt(p['best_dice'])} | "
+                    f"{_fmt(*v['dice'])} |")
     return (f"**{SPLIT_TITLES.get(split, split)}** — pooled over all scored brain voxels; Dice/IoU/precision/recall "
             f"at the threshold with {fpr:.0%} FPR on healthy brains (set B: on the other host); last column mean ± "
             f"std over volumes; baselines and floors in italics.\n\n" + "\n".join(rows))
