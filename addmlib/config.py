@@ -225,7 +225,10 @@ class ModelConfig(DepthConfig):
     """The diffusion model's definition: schedule, noise, networks, loss weight (shared by method and training).
 
     ``noise_region``: where the forward process noises, "image" (everywhere, the paper's) or "head" (inside the head
-    only, eps * 1[x0 > -0.99], as the coarse-noise DAE does; ``noise.HeadOnlyNoise``)."""
+    only, eps * 1[x0 > -0.99], as the coarse-noise DAE does; ``noise.HeadOnlyNoise``). ``prediction``: what the U-Net
+    outputs, "epsilon" (the paper's, Ho et al.; L_DDPM = ||eps - eps_theta||^2) or "x0" (MONAI's "sample"; L_DDPM =
+    ||x0 - x0_hat||^2, the DAE's loss, which is the epsilon loss weighted by (1 - alpha_bar_t) / alpha_bar_t: deeper t
+    count more)."""
 
     device: str = "auto"
     image_size: int = 64
@@ -237,6 +240,7 @@ class ModelConfig(DepthConfig):
     simplex_frequency: float = 64.0
     coarse_spacing: int = 8
     noise_region: Literal["image", "head"] = "image"
+    prediction: Literal["epsilon", "x0"] = "epsilon"
     lambda_adv: float = 0.05
     discriminator: Literal["paper", "conditional"] = "paper"
     unet_base_channels: int = 32

@@ -91,6 +91,23 @@ def oracle_eps(diffusion: "GaussianDiffusion", x0: torch.Tensor) -> EpsModel:
     return eps
 
 
+class EpsFromX0(torch.nn.Module):
+    """A network that predicts x0 (MONAI's prediction_type "sample"), read as the epsilon-prediction the rest of the
+    maths takes: eps = (x_t - sqrt(alpha_bar_t) x0_hat) / sqrt(1 - alpha_bar_t), so that ``predict_x0`` returns
+    x0_hat again. Computed in fp32 whatever the network's autocast dtype; t >= 1 (alpha_bar_0 = 1 has no eps).
+    ``alphas_cumprod`` (length T + 1) is not saved with the weights: it is the model's schedule."""
+
+    def __init__(self, net: torch.nn.Module, alphas_cumprod: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x0_hat = self.net(x, t).float()
+        ab = _gather(self.alphas_cumprod, t, x0_hat)
+        return (x.float() - ab.sqrt() * x0_hat) / (1 - ab).sqrt()
+
+
 def resolve_steps(steps: int | None, t_star: int) -> int:
     """The one rule for the number of reverse steps from depth t*: None or 0 = every step (t*), otherwise
     min(steps, t*). ``steps = 1`` is the one-step estimate x0_hat."""

@@ -32,9 +32,9 @@ from .diffusion import GaussianDiffusion, NoiseFn, gaussian_noise, patch_noise
 from .nets import Discriminator
 
 
-def ddpm_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """L_DDPM = mean ||eps - eps_theta||^2 (Ho et al.'s L_simple)."""
-    return F.mse_loss(eps_pred.float(), eps.float())
+def ddpm_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L_DDPM = mean ||eps - eps_theta||^2 (Ho et al.'s L_simple), or mean ||x0 - x0_hat||^2 for an x0-prediction model."""
+    return F.mse_loss(pred.float(), target.float())
 
 
 def generator_adv_loss(fake_logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,6 +67,7 @@ class ADDMTerms:
 
 
 AdvTarget = Literal["x_prev", "x0"]
+Prediction = Literal["epsilon", "x0"]
 
 
 def sample_timesteps(batch: int, num_steps: int, device: torch.device,
@@ -80,7 +81,8 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
                          discriminator: Discriminator | None = None, t: torch.Tensor | None = None,
                          noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
                          adv_t_max: int | None = None, t_max: int | None = None,
-                         patch_mask: torch.Tensor | None = None, adv_target: AdvTarget = "x_prev") -> ADDMTerms:
+                         patch_mask: torch.Tensor | None = None, adv_target: AdvTarget = "x_prev",
+                         prediction: Prediction = "epsilon") -> ADDMTerms:
     """L_ADDM = L_DDPM + lambda * L_Adv for one batch x0 (B, C, H, W) in [-1, 1].
 
     With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
@@ -90,6 +92,8 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     ``patch_mask`` (B, 1, H, W; pDDPM): only the patch is noised, the rest of x_t is the clean x0; L_DDPM is the mean
     over the patch, and D's real and fake x_{t-1} carry the same clean context.
     ``adv_target``: what D judges, the paper's x_{t-1} ("x_prev") or the one-step estimate x0_hat against x_0 ("x0").
+    ``prediction``: the model's (``ModelConfig.prediction``): "epsilon", L_DDPM = ||eps - eps_theta||^2; "x0" (a model
+    wrapped by ``EpsFromX0``), L_DDPM = ||x0 - x0_hat||^2.
     """
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam}")
@@ -101,10 +105,14 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     if patch_mask is not None:
         x_t = patch_noise(x0, x_t, patch_mask)
     eps_pred = model(x_t, t)
+    if prediction not in ("epsilon", "x0"):
+        raise ValueError(f"prediction must be 'epsilon' or 'x0', got {prediction!r}")
+    pred, target = ((diffusion.predict_x0(x_t.float(), t, eps_pred.float()), x0) if prediction == "x0"
+                    else (eps_pred, eps))
     if patch_mask is None:
-        l_ddpm = ddpm_loss(eps_pred, eps)
+        l_ddpm = ddpm_loss(pred, target)
     else:
-        sq = (eps_pred.float() - eps.float()) ** 2 * patch_mask
+        sq = (pred.float() - target.float()) ** 2 * patch_mask
         l_ddpm = sq.sum() / (patch_mask.sum() * eps.shape[1]).clamp(min=1.0)
     zero = torch.zeros((), device=x0.device)
     if lam == 0:

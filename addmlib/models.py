@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig, TrainConfig, validate
-from .diffusion import GaussianDiffusion
+from .diffusion import EpsFromX0, GaussianDiffusion
 from .nets import Discriminator, DiscriminatorConfig, UNet, UNetConfig
 
 
@@ -42,9 +42,13 @@ def unet_config(cfg: ModelConfig) -> UNetConfig:
                       attention_resolutions=tuple(cfg.unet_attention_resolutions), dropout=cfg.unet_dropout)
 
 
-def build_unet(cfg: ModelConfig) -> UNet:
-    """The epsilon-prediction U-Net of ``cfg`` (untrained)."""
-    return UNet(unet_config(cfg), cfg.image_size)
+def build_unet(cfg: ModelConfig) -> torch.nn.Module:
+    """The U-Net of ``cfg`` (untrained) as an epsilon-predictor: itself, or for ``prediction`` "x0" the U-Net's x0_hat
+    read as epsilon (``EpsFromX0``, its weights under ``net.``)."""
+    unet = UNet(unet_config(cfg), cfg.image_size)
+    if cfg.prediction == "x0":
+        return EpsFromX0(unet, build_diffusion(cfg).alphas_cumprod)
+    return unet
 
 
 def build_discriminator(cfg: ModelConfig) -> Discriminator:
@@ -74,7 +78,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_ema_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, TrainConfig]:
+def load_ema_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """The EMA U-Net of a checkpoint (for sampling and detection) and the config it was trained with."""
     ckpt = load_checkpoint(path, device)
     cfg = validate(TrainConfig, ckpt["config"], f"{path} (config)")
