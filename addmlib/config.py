@@ -357,6 +357,7 @@ class TrainConfig(ModelConfig):
     adv_t_max: int = 0
     adv_target: Literal["x_prev", "x0"] = "x_prev"
     train_t_max: int = 0
+    train_t_min: int = 1
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
@@ -384,6 +385,9 @@ class TrainConfig(ModelConfig):
         if not 0 <= self.train_t_max <= self.num_steps:
             raise ValueError(f"train_t_max must be in [0, num_steps={self.num_steps}] (0 = every t), "
                              f"got {self.train_t_max}")
+        if not 1 <= self.train_t_min <= (self.train_t_max or self.num_steps):
+            raise ValueError(f"train_t_min must be in [1, train_t_max] (train_t_max 0: num_steps = {self.num_steps}), "
+                             f"got {self.train_t_min}")
         if not 0 < self.lr_decay <= 1 or not 0 <= self.ema_decay < 1:
             raise ValueError("lr_decay must be in (0, 1], ema_decay in [0, 1)")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name):

@@ -71,23 +71,24 @@ Prediction = Literal["epsilon", "x0"]
 
 
 def sample_timesteps(batch: int, num_steps: int, device: torch.device,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """t ~ Uniform{1, ..., T}."""
+                     generator: torch.Generator | None = None, t_min: int = 1) -> torch.Tensor:
+    """t ~ Uniform{t_min, ..., T} (t_min = 1: every depth)."""
     gdev = device if generator is None else generator.device
-    return torch.randint(1, num_steps + 1, (batch,), generator=generator, device=gdev).to(device)
+    return torch.randint(t_min, num_steps + 1, (batch,), generator=generator, device=gdev).to(device)
 
 
 def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, lam: float,
                          discriminator: Discriminator | None = None, t: torch.Tensor | None = None,
                          noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
-                         adv_t_max: int | None = None, t_max: int | None = None,
+                         adv_t_max: int | None = None, t_max: int | None = None, t_min: int = 1,
                          patch_mask: torch.Tensor | None = None, adv_target: AdvTarget = "x_prev",
                          prediction: Prediction = "epsilon") -> ADDMTerms:
     """L_ADDM = L_DDPM + lambda * L_Adv for one batch x0 (B, C, H, W) in [-1, 1].
 
     With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
     required. ``adv_t_max`` restricts L_Adv to the samples with t <= adv_t_max (None: every t); ``t_max`` draws
-    t ~ U{1..t_max} instead of U{1..T} (detection only ever noises to t*, so training may focus there). The discriminator's
+    t ~ U{t_min..t_max} instead of U{1..T} (detection only ever noises to t*, so training may focus there; t_min =
+    t_max is the DAE's one noise level). The discriminator's
     parameters would receive gradients from ``total`` too: the trainer freezes them during the U-Net's update.
     ``patch_mask`` (B, 1, H, W; pDDPM): only the patch is noised, the rest of x_t is the clean x0; L_DDPM is the mean
     over the patch, and D's real and fake x_{t-1} carry the same clean context.
@@ -99,7 +100,7 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
         raise ValueError(f"lambda must be >= 0, got {lam}")
     b = x0.shape[0]
     if t is None:
-        t = sample_timesteps(b, min(t_max or diffusion.num_steps, diffusion.num_steps), x0.device, generator)
+        t = sample_timesteps(b, min(t_max or diffusion.num_steps, diffusion.num_steps), x0.device, generator, t_min)
     eps = noise_fn(x0, generator)
     x_t = diffusion.q_sample(x0, t, eps)
     if patch_mask is not None:
