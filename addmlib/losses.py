@@ -33,7 +33,8 @@ from .nets import Discriminator
 
 
 def ddpm_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L_DDPM = mean ||eps - eps_theta||^2 (Ho et al.'s L_simple), or mean ||x0 - x0_hat||^2 for an x0-prediction model."""
+    """L_DDPM = mean ||eps - eps_theta||^2 (Ho et al.'s L_simple), or mean ||x0 - x0_hat||^2 for an x0-prediction
+    model."""
     return F.mse_loss(pred.float(), target.float())
 
 
@@ -88,8 +89,8 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
     required. ``adv_t_max`` restricts L_Adv to the samples with t <= adv_t_max (None: every t); ``t_max`` draws
     t ~ U{t_min..t_max} instead of U{1..T} (detection only ever noises to t*, so training may focus there; t_min =
-    t_max is the DAE's one noise level). The discriminator's
-    parameters would receive gradients from ``total`` too: the trainer freezes them during the U-Net's update.
+    t_max is the DAE's one noise level). The discriminator's parameters would receive gradients from ``total`` too:
+    the trainer freezes them during the U-Net's update.
     ``patch_mask`` (B, 1, H, W; pDDPM): only the patch is noised, the rest of x_t is the clean x0; L_DDPM is the mean
     over the patch, and D's real and fake x_{t-1} carry the same clean context.
     ``adv_target``: what D judges, the paper's x_{t-1} ("x_prev") or the one-step estimate x0_hat against x_0 ("x0").

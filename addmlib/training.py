@@ -63,14 +63,12 @@ PREVIOUS = "checkpoint-prev.pt"
 LOG = "train_log.jsonl"
 # Parameters that change what is learned: a resumed run must agree with its checkpoint on all of these.
 ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise", "noise_region", "prediction",
-                     "simplex_octaves",
-                     "simplex_persistence", "simplex_frequency", "coarse_spacing", "lambda_adv", "discriminator",
-                     "unet_base_channels", "unet_channel_mult", "unet_num_res_blocks", "unet_attention_resolutions",
-                     "unet_dropout", "disc_base_channels", "disc_channel_mult", "batch_size", "lr", "lr_decay",
-                     "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max", "adv_target", "train_t_max",
-                     "train_t_min",
-                     "patch_size", "grad_clip", "ema_decay", "augment", "augment_strength", "augment_elastic",
-                     "augment_noise", "seed")
+                     "simplex_octaves", "simplex_persistence", "simplex_frequency", "coarse_spacing", "lambda_adv",
+                     "discriminator", "unet_base_channels", "unet_channel_mult", "unet_num_res_blocks",
+                     "unet_attention_resolutions", "unet_dropout", "disc_base_channels", "disc_channel_mult",
+                     "batch_size", "lr", "lr_decay", "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max",
+                     "adv_target", "train_t_max", "train_t_min", "patch_size", "grad_clip", "ema_decay", "augment",
+                     "augment_strength", "augment_elastic", "augment_noise", "seed")
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -248,8 +246,8 @@ class Trainer:
             terms = addm_generator_terms(self.g_model, self.diffusion, x0, cfg.lambda_adv, self.disc, t=None,
                                          noise_fn=self._noise, generator=self.gen,
                                          adv_t_max=cfg.adv_t_max or None, t_max=cfg.train_t_max or None,
-                                         t_min=cfg.train_t_min,
-                                         patch_mask=mask, adv_target=cfg.adv_target, prediction=cfg.prediction)
+                                         t_min=cfg.train_t_min, patch_mask=mask, adv_target=cfg.adv_target,
+                                         prediction=cfg.prediction)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         self.scaler.unscale_(self.opt_g)

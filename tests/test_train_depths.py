@@ -22,8 +22,8 @@ def test_depths_are_drawn_between_t_min_and_t_max_and_t_min_1_keeps_the_old_draw
     old = torch.randint(1, 101, (64,), generator=torch.Generator().manual_seed(1))
     assert torch.equal(sample_timesteps(64, 100, torch.device("cpu"), torch.Generator().manual_seed(1)), old)
     x0 = torch.zeros((256, 1, 8, 8))
-    terms = addm_generator_terms(_ZeroEps(), GaussianDiffusion(100), x0, 0.0, generator=torch.Generator().manual_seed(0),
-                                 t_max=50, t_min=50)
+    terms = addm_generator_terms(_ZeroEps(), GaussianDiffusion(100), x0, 0.0,
+                                 generator=torch.Generator().manual_seed(0), t_max=50, t_min=50)
     assert (terms.t == 50).all()
 
 
