@@ -82,20 +82,26 @@ def strided_timesteps(t_star: int, steps: int) -> list[int]:
     return out
 
 
+def eps_from_x0(alphas_cumprod: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """The noise that takes ``x0`` to ``xt`` at t: eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t) (the inverse of
+    ``GaussianDiffusion.predict_x0``; t >= 1), in xt's dtype."""
+    ab = _gather(alphas_cumprod, t, xt)
+    return (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+
 def oracle_eps(diffusion: "GaussianDiffusion", x0: torch.Tensor) -> EpsModel:
-    """The exact noise predictor for known data ``x0``: eps(x_t, t) = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t).
-    With it every sampler must return x0 (deterministic ones exactly): a check of the sampling maths."""
+    """The exact noise predictor for known data ``x0`` (``eps_from_x0``). With it every sampler must return x0
+    (deterministic ones exactly): a check of the sampling maths."""
     def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ab = diffusion.alphas_cumprod[t.cpu()].reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.device, x_t.dtype)
-        return (x_t - ab.sqrt() * x0[: len(x_t)]) / (1 - ab).sqrt()
+        return eps_from_x0(diffusion.alphas_cumprod, x_t, t, x0[: len(x_t)])
     return eps
 
 
 class EpsFromX0(torch.nn.Module):
     """A network that predicts x0 (MONAI's prediction_type "sample"), read as the epsilon-prediction the rest of the
-    maths takes: eps = (x_t - sqrt(alpha_bar_t) x0_hat) / sqrt(1 - alpha_bar_t), so that ``predict_x0`` returns
-    x0_hat again. Computed in fp32 whatever the network's autocast dtype; t >= 1 (alpha_bar_0 = 1 has no eps).
-    ``alphas_cumprod`` (length T + 1) is not saved with the weights: it is the model's schedule."""
+    maths takes (``eps_from_x0``), so that ``predict_x0`` returns x0_hat again. Computed in fp32 whatever the
+    network's autocast dtype; t >= 1 (alpha_bar_0 = 1 has no eps). ``alphas_cumprod`` (length T + 1) is not saved
+    with the weights: it is the model's schedule."""
 
     def __init__(self, net: torch.nn.Module, alphas_cumprod: torch.Tensor) -> None:
         super().__init__()
@@ -103,9 +109,7 @@ class EpsFromX0(torch.nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x0_hat = self.net(x, t).float()
-        ab = _gather(self.alphas_cumprod, t, x0_hat)
-        return (x.float() - ab.sqrt() * x0_hat) / (1 - ab).sqrt()
+        return eps_from_x0(self.alphas_cumprod, x.float(), t, self.net(x, t).float())
 
 
 def resolve_steps(steps: int | None, t_star: int) -> int:
@@ -246,8 +250,7 @@ class GaussianDiffusion:
         x0_hat = self.predict_x0(xt, t, eps)
         if self.clip_x0 if clip is None else clip:
             x0_hat = x0_hat.clamp(-1.0, 1.0)
-            eps = (xt - _gather(self.alphas_cumprod, t, xt).sqrt() * x0_hat) / (
-                1 - _gather(self.alphas_cumprod, t, xt)).sqrt()
+            eps = eps_from_x0(self.alphas_cumprod, xt, t, x0_hat)
         ab_s = _gather(self.alphas_cumprod, s, xt)
         return ab_s.sqrt() * x0_hat + (1 - ab_s).sqrt() * eps
 

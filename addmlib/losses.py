@@ -99,6 +99,8 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     """
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam}")
+    if prediction not in ("epsilon", "x0"):
+        raise ValueError(f"prediction must be 'epsilon' or 'x0', got {prediction!r}")
     b = x0.shape[0]
     if t is None:
         t = sample_timesteps(b, min(t_max or diffusion.num_steps, diffusion.num_steps), x0.device, generator, t_min)
@@ -107,8 +109,6 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     if patch_mask is not None:
         x_t = patch_noise(x0, x_t, patch_mask)
     eps_pred = model(x_t, t)
-    if prediction not in ("epsilon", "x0"):
-        raise ValueError(f"prediction must be 'epsilon' or 'x0', got {prediction!r}")
     pred, target = ((diffusion.predict_x0(x_t.float(), t, eps_pred.float()), x0) if prediction == "x0"
                     else (eps_pred, eps))
     if patch_mask is None:
