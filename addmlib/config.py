@@ -400,7 +400,10 @@ class EvalConfig(DepthConfig):
 
     ``models_from``: a lever campaign's run folder (relative to the repository); ``models`` then names its trained
     models (``<folder>/levers/models/<name>``, e.g. ``coarse8-s1``), which must have been trained on this run's
-    training data. Empty: the run's own ``models/``."""
+    training data. Empty: the run's own ``models/``.
+
+    ``fusion`` (with ``intensity_weight`` > 0): "sum" ranks voxels by z(r) + w z(x); "max" by the larger of that and
+    the residual alone, each read against its healthy-brain median and ``fusion_quantile`` (``post_processing.max_fusion``)."""
 
     device: str = "auto"
     models: tuple[str, ...] = ("addm", "ddpm")
@@ -429,6 +432,8 @@ class EvalConfig(DepthConfig):
     patch_stride: int = 0
     residual: Literal["abs", "positive"] = "abs"
     intensity_weight: float = 0.0
+    fusion: Literal["sum", "max"] = "sum"
+    fusion_quantile: float = 0.999
     models_from: str = ""
 
     def check(self) -> None:
@@ -436,6 +441,12 @@ class EvalConfig(DepthConfig):
         if not 0 <= self.intensity_weight < float("inf"):
             raise ValueError(f"intensity_weight must be a finite number >= 0 (0: the residual alone), got "
                              f"{self.intensity_weight}")
+        if self.fusion == "max" and not self.intensity_weight:
+            raise ValueError("fusion 'max' takes the larger of the fused map and the residual alone: it needs "
+                             "intensity_weight > 0")
+        if not 0.5 < self.fusion_quantile < 1:
+            raise ValueError(f"fusion_quantile must be in (0.5, 1) (the healthy-brain quantile that the max fusion "
+                             f"aligns), got {self.fusion_quantile}")
         if self.patch_stride < 0:
             raise ValueError(f"patch_stride must be >= 0 (0 = half the model's patch), got {self.patch_stride}")
         if self.eval_noise == "none" and self.draws != 1:
@@ -593,8 +604,9 @@ class LeverConfig(RunConfig):
     """The lever campaign (``addmlib.levers``, notebooks/07_levers.ipynb): training variants x seeds x scorings,
     measured on the tuning split only. ``variants``: name -> training parameters over the base set; ``scorings``:
     name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler, patch_stride,
-    residual, intensity_weight); ``baseline_residuals`` x ``baseline_intensity_weights``: the maps the AE and DAE are
-    scored with;
+    residual, intensity_weight, eval_noise, fusion, fusion_quantile); ``baseline_residuals`` x
+    ``baseline_intensity_weights`` x ``baseline_fusions`` (at ``baseline_fusion_quantile``): the maps the AE and DAE
+    are scored with;
     ``variant_scorings``: variant -> the scorings it gets (default: all; e.g. only cheap ones for patch models);
     ``variant_seeds``: variant or baseline -> the seeds it is trained with (default: all of ``seeds``);
     ``adv_profile_t``: the depths at which each ADDM variant's adversarial gradient is profiled (empty: none);
@@ -617,6 +629,8 @@ class LeverConfig(RunConfig):
     baselines: tuple[str, ...] = ("floor_intensity", "floor_median", "dae")
     baseline_residuals: tuple[str, ...] = ("abs",)
     baseline_intensity_weights: tuple[float, ...] = (0.0,)
+    baseline_fusions: tuple[str, ...] = ("sum",)
+    baseline_fusion_quantile: float = 0.999
     dae_steps: int = 1500
     slice_stride: int = 3
     adv_profile_t: tuple[int, ...] = (10, 50, 100, 250, 500, 750, 950)
@@ -644,6 +658,11 @@ class LeverConfig(RunConfig):
                 self.baseline_intensity_weights):
             raise ValueError(f"baseline_intensity_weights must hold distinct finite numbers >= 0 (0: the residual "
                              f"alone), got {list(self.baseline_intensity_weights)}")
+        bad = [f for f in self.baseline_fusions if f not in ("sum", "max")]
+        if bad or not self.baseline_fusions or len(set(self.baseline_fusions)) != len(self.baseline_fusions):
+            raise ValueError(f"baseline_fusions must hold distinct 'sum' and/or 'max', got {list(self.baseline_fusions)}")
+        if not 0.5 < self.baseline_fusion_quantile < 1:
+            raise ValueError(f"baseline_fusion_quantile must be in (0.5, 1), got {self.baseline_fusion_quantile}")
         for name, chosen in self.variant_seeds.items():
             if name not in self.variants and name not in self.baselines:
                 raise ValueError(f"variant_seeds names {name!r}, which is neither a variant nor a baseline")

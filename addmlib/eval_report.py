@@ -166,6 +166,9 @@ def reading(results: Results, infos: Mapping[str, Mapping[str, Any]], splits: Se
     if fused:
         lines.append(f"- A map fused with the intensity (w = {', '.join(f'{w:g}' for w in fused)}) holds the floor's "
                      f"map: it beats the floor only where its residual adds what the intensity lacks. Read it against "
-                     f"the same model's residual alone, and against the autoencoders fused at the same weight.")
+                     f"the same model's residual alone, and against the autoencoders fused at the same weight."
+                     + (" By the max rule (`fusion: max`) it is the larger of that fused map and the residual alone, "
+                        "each read against the healthy brains." if any(i.get("fusion") == "max" for i in infos.values())
+                        else ""))
     return ("One training seed per model, one evaluation seed; the spread is across volumes, not seeds (the ablation "
             "and lever notebooks repeat training over seeds).\n\n" + "\n".join(lines))

@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -36,11 +36,12 @@ from .diffusion import GaussianDiffusion, SamplerName, resolve_steps
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
 from .models import build_diffusion, campaign_models_root, load_ema_unet, model_dir, trained_on
 from .noise import noise_from_config, zero_noise
-from .post_processing import (fuse_intensity, intensity_scale, median_filter, remove_small_components,
+from .post_processing import (fuse_intensity, intensity_scale, max_fusion, median_filter, remove_small_components,
                               restrict_to_brain)
 from .runtime import amp_dtype, resolve_amp
 
 SCORE_RANGE = (0.0, 2.0)  # |x - x_hat| for images in [-1, 1]
+FusionRule = Literal["sum", "max"]
 
 
 @dataclass(frozen=True)
@@ -140,15 +141,20 @@ def score_split(scorer: Scorer, volumes: Iterable[PreparedVolume], slice_stride:
     return out
 
 
+def _kept(v: ScoredVolume, pp: PostProcessing) -> np.ndarray:
+    """The voxels of ``v`` that the post-processing keeps (its brain eroded by ``pp.erode_mm``)."""
+    if v.raw is None or v.spacing is None:
+        raise ValueError(f"healthy volume {v.id!r} holds no raw map: score it with score_split")
+    return restrict_to_brain(np.ones(v.brain.shape, np.float32), v.brain, pp.erode_mm, tuple(v.spacing)) > 0
+
+
 def healthy_moments(healthy: list[ScoredVolume], pp: PostProcessing) -> dict[str, np.ndarray]:
     """Per healthy brain, (n, sum r, sum r^2, sum x, sum x^2) of its raw map r and its input x over the voxels the
     post-processing keeps (the brain eroded by ``pp.erode_mm``): the spreads that ``fusion_scale`` needs."""
     out = {}
     for v in healthy:
-        if v.raw is None or v.spacing is None:
-            raise ValueError(f"healthy volume {v.id!r} holds no raw map: score it with score_split")
-        kept = restrict_to_brain(np.ones(v.brain.shape, np.float32), v.brain, pp.erode_mm, tuple(v.spacing)) > 0
-        r, x = v.raw[kept].astype(np.float64), v.image[kept].astype(np.float64)
+        kept = _kept(v, pp)
+        r, x = v.raw[kept].astype(np.float64), v.image[kept].astype(np.float64)  # type: ignore[index]
         out[v.id] = np.array([r.size, r.sum(), (r * r).sum(), x.sum(), (x * x).sum()])
     return out
 
@@ -164,24 +170,60 @@ def fusion_scale(moments: dict[str, np.ndarray], weight: float, exclude: str | N
                            float(np.sqrt(max(sxx / n - (sx / n) ** 2, 0.0))), weight)
 
 
-def fuse_split(vols: list[ScoredVolume], moments: dict[str, np.ndarray], weight: float, pp: PostProcessing,
+@dataclass(frozen=True)
+class FusionParams:
+    """How a map is fused with its input: ``scale`` (c of ``fuse_intensity``) and, for the max rule, ``anchors``
+    ((f_med, f_q), (r_med, r_q)) of ``max_fusion``; None for the sum."""
+
+    scale: float
+    anchors: tuple[tuple[float, float], tuple[float, float]] | None = None
+
+
+def fusion_params(healthy: list[ScoredVolume], moments: dict[str, np.ndarray], weight: float, pp: PostProcessing,
+                  rule: FusionRule = "sum", quantile: float = 0.999, exclude: str | None = None) -> FusionParams:
+    """The fusion of a map whose host is ``exclude``, set on the other healthy brains only. "sum": m ranks voxels by
+    z(r) + w z(x) (``fuse_intensity``); "max": the larger of that and the residual alone, each read against the healthy
+    brains' median and ``quantile`` (``max_fusion``)."""
+    scale = fusion_scale(moments, weight, exclude)
+    if rule == "sum":
+        return FusionParams(scale)
+    if rule != "max":
+        raise ValueError(f"fusion must be 'sum' or 'max', got {rule!r}")
+    if not 0.5 < quantile < 1:
+        raise ValueError(f"fusion_quantile must be in (0.5, 1), got {quantile}")
+    fused, raw = [], []
+    for v in healthy:
+        if v.id != exclude:
+            kept = _kept(v, pp)
+            raw.append(v.raw[kept].astype(np.float64))  # type: ignore[index]
+            fused.append(fuse_intensity(raw[-1], v.image[kept].astype(np.float64), scale))
+    f_med, f_q = np.quantile(np.concatenate(fused), [0.5, quantile])
+    r_med, r_q = np.quantile(np.concatenate(raw), [0.5, quantile])
+    return FusionParams(scale, ((float(f_med), float(f_q)), (float(r_med), float(r_q))))
+
+
+def fuse_split(vols: list[ScoredVolume], params: Callable[[str | None], FusionParams], pp: PostProcessing,
                own_brain: bool = False) -> dict[str, float]:
-    """In place: each volume's map becomes its raw map fused with its input (``fuse_intensity``), post-processed again.
-    The scale leaves out the volume's host (``meta["host"]``), unless ``own_brain`` (the healthy brains themselves,
-    which are calibration data). Returns the scale used per volume id."""
+    """In place: each volume's map becomes its raw map fused with its input (``fused_map``), post-processed again.
+    ``params(host)``: the fusion set without the volume's host (``meta["host"]``), or with every healthy brain when
+    ``own_brain`` (the healthy brains themselves, which are calibration data). Returns the scale used per volume id."""
     scales = {}
     for v in vols:
-        c = fusion_scale(moments, weight, None if own_brain else v.volume.meta.get("host"))
-        v.amap = fused_map(v, c, pp)
-        scales[v.id] = round(c, 6)
+        fp = params(None if own_brain else v.volume.meta.get("host"))
+        v.amap = fused_map(v, fp, pp)
+        scales[v.id] = round(fp.scale, 6)
     return scales
 
 
-def fused_map(v: ScoredVolume, scale: float, pp: PostProcessing) -> np.ndarray:
-    """The volume's raw map fused with its input at ``scale`` (``fuse_intensity``), then post-processed."""
+def fused_map(v: ScoredVolume, fusion: FusionParams, pp: PostProcessing) -> np.ndarray:
+    """The volume's raw map fused with its input (``fuse_intensity``, then ``max_fusion`` for the max rule), then
+    post-processed."""
     if v.raw is None or v.spacing is None:
         raise ValueError(f"volume {v.id!r} holds no raw map: score it with score_split")
-    return post_process(fuse_intensity(v.raw, v.image, scale), v.brain, v.spacing, pp)
+    amap = fuse_intensity(v.raw, v.image, fusion.scale)
+    if fusion.anchors is not None:
+        amap = max_fusion(amap, v.raw, *fusion.anchors, high=SCORE_RANGE[1])
+    return post_process(amap, v.brain, v.spacing, pp)
 
 
 def healthy_histograms(healthy: list[ScoredVolume], maps: Mapping[str, np.ndarray] | None = None,
@@ -297,41 +339,55 @@ def write_maps(scored: ScoredVolume, out_dir: Path, native: bool) -> list[Path]:
 def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[str], slice_stride: int, fpr: float,
                    pp: PostProcessing, anoddpm: bool, maps_dir: Path | None,
                    progress: Callable[..., Any] | None = None,
-                   intensity_weight: float = 0.0) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
+                   intensity_weight: float = 0.0, fusion: FusionRule = "sum",
+                   fusion_quantile: float = 0.999) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
     """Calibrate on ``val_healthy``, then measure each set; returns (metrics, scored volumes per split).
 
     ``intensity_weight`` w > 0 fuses every map with the input's intensity before post-processing (``fuse_intensity``:
-    before the median filter, voxels ranked by z(r) + w z(x), z-scores over the healthy brains). A set-B volume of host
-    h is fused on the scale of the healthy brains other than h, and thresholded on those brains fused on that same
-    scale, so nothing of h's own scan reaches its map's scale or its threshold; the other sets (and the healthy maps
-    themselves) use all healthy brains."""
+    before the median filter, voxels ranked by z(r) + w z(x), z-scores over the healthy brains); ``fusion`` "max"
+    then takes the larger of that and the residual alone, each read against its healthy-brain median and
+    ``fusion_quantile`` (``fusion_params``). A set-B volume of host h is fused on the healthy brains other than h, and
+    thresholded on those brains fused the same way, so nothing of h's own scan reaches its map's scale or its
+    threshold; the other sets (and the healthy maps themselves) use all healthy brains."""
     healthy = score_split(scorer, data.volumes("val_healthy"), slice_stride, pp, progress)
     results: dict[str, Any] = {}
+    memo: dict[str | None, FusionParams] = {}
+
+    def params(exclude: str | None) -> FusionParams:
+        if exclude not in memo:
+            memo[exclude] = fusion_params(healthy, moments, intensity_weight, pp, fusion, fusion_quantile, exclude)
+        return memo[exclude]
+
     if intensity_weight:
         moments = healthy_moments(healthy, pp)
-        results["intensity_fusion"] = {"weight": intensity_weight, "scale": round(fusion_scale(moments,
-                                                                                              intensity_weight), 6),
-                                       "val_healthy": fuse_split(healthy, moments, intensity_weight, pp, True)}
+        results["intensity_fusion"] = {"weight": intensity_weight, "rule": fusion, "scale": round(params(None).scale, 6),
+                                       "val_healthy": fuse_split(healthy, params, pp, True)}
+        if fusion == "max":
+            results["intensity_fusion"]["quantile"] = fusion_quantile
+    elif fusion != "sum":
+        raise ValueError(f"fusion {fusion!r} needs an intensity_weight > 0 (it combines the fused map and the residual)")
     hists = healthy_histograms(healthy)
     threshold = calibrate(hists, fpr)
     without_host = {h: calibrate(hists, fpr, exclude=h) for h in hists}
-    if intensity_weight:  # recalibrate each leave-one-host-out threshold on the scale its set-B volumes get
+    if intensity_weight:  # recalibrate each leave-one-host-out threshold on the fusion its set-B volumes get
         for h in hists:
-            c = fusion_scale(moments, intensity_weight, exclude=h)
             others = [v for v in healthy if v.id != h]
-            without_host[h] = calibrate(healthy_histograms(others, {v.id: fused_map(v, c, pp) for v in others}), fpr)
+            without_host[h] = calibrate(healthy_histograms(others, {v.id: fused_map(v, params(h), pp)
+                                                                    for v in others}), fpr)
     results.update({"threshold": threshold, "fpr_target": fpr, "thresholds_without_host": without_host})
     scored = {"val_healthy": healthy}
     for split in eval_sets:
         vols = score_split(scorer, data.volumes(split), slice_stride, pp, progress)
         if intensity_weight:
-            results["intensity_fusion"][split] = fuse_split(vols, moments, intensity_weight, pp)
+            results["intensity_fusion"][split] = fuse_split(vols, params, pp)
         scored[split] = vols
         thresholds = {v.id: without_host.get(v.volume.meta.get("host"), threshold) for v in vols}
         results[split] = measure(vols, thresholds, pp, anoddpm)
         if maps_dir is not None:
             for v in vols:
                 write_maps(v, maps_dir / split, native=split == "eval_a")
+    if fusion == "max":
+        results["intensity_fusion"]["anchors"] = {str(k): v.anchors for k, v in memo.items()}
     return results, scored
 
 
@@ -398,9 +454,9 @@ def remembering(scorer: Scorer) -> Scorer:
     return score
 
 
-def fused_label(label: str, weight: float) -> str:
-    """The row label of a map fused with the intensity at ``weight`` (0: the label itself)."""
-    return f"{label}, + intensity w={weight:g}" if weight else label
+def fused_label(label: str, weight: float, fusion: FusionRule = "sum") -> str:
+    """The row label of a map fused with the intensity at ``weight`` (0: the label itself) by rule ``fusion``."""
+    return f"{label}, + intensity w={weight:g}{', max' if fusion == 'max' else ''}" if weight else label
 
 
 def _model_json(cfg: EvalConfig, run_dir: Path, name: str, training_fingerprint: str) -> Path:
@@ -449,11 +505,13 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
             shown = i == 0  # the first row's maps are written and shown; the others are tables only
             maps = cfg.write_nifti and shown and info["kind"] != "floor"  # a floor's map is the input
             res, scored = evaluate_model(scorer, data, cfg.eval_sets, cfg.slice_stride, cfg.fpr, pp,
-                                         cfg.anoddpm_protocol, out / "maps" / name if maps else None, progress, weight)
-            row = fused_label(label, weight)
+                                         cfg.anoddpm_protocol, out / "maps" / name if maps else None, progress, weight,
+                                         cfg.fusion if weight else "sum", cfg.fusion_quantile)
+            row = fused_label(label, weight, cfg.fusion)
             results[row] = res
             # name: the maps folder that 05 reads; a row without maps gets a name of its own
             infos[row] = {**info, "name": name if shown else f"{name}-w{weight:g}", "intensity_weight": weight,
+                          "fusion": cfg.fusion if weight else None,
                           "wall_time_s": round(time.perf_counter() - t0, 1),
                           "slices_scored": sum(len(v.slices) for vs in scored.values() for v in vs)}
             if shown and info["kind"] != "floor":  # the montage shows reconstructions; a floor has none

@@ -45,8 +45,8 @@ LEARNED_BASELINES = ("ae", "dae")
 """The baselines that are trained (per seed) and scored with a residual; the others are floors."""
 
 SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride", "residual",
-                "intensity_weight", "eval_noise")
-POST_PROCESSING_KEYS = ("median_size", "intensity_weight")
+                "intensity_weight", "eval_noise", "fusion", "fusion_quantile")
+POST_PROCESSING_KEYS = ("median_size", "intensity_weight", "fusion", "fusion_quantile")
 """Scoring settings applied after the network: scorings that differ only in these share one pass."""
 METRICS = ("auroc", "auprc", "dice", "best_dice")
 
@@ -190,7 +190,8 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                     scorer, info, pass_s = passes[network]
                     pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))
                     res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None, None,
-                                            sc.get("intensity_weight", 0.0))
+                                            sc.get("intensity_weight", 0.0), sc.get("fusion", "sum"),
+                                            float(sc.get("fusion_quantile", 0.999)))
                     seconds = round(time.perf_counter() - t1, 1)
                     if not reused:
                         passes[network] = (scorer, info, seconds)
@@ -208,11 +209,15 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                 continue  # floors have no seed
             learns = name in LEARNED_BASELINES
             baseline_passes: dict[str, tuple[Scorer, float]] = {}  # per residual: one pass, its seconds
-            for residual, weight in itertools.product(cfg.baseline_residuals if learns else ("abs",),
-                                                      cfg.baseline_intensity_weights if learns else (0.0,)):
-                key = _baseline_key(name, seed, fingerprint, cfg, base, eval_key, residual, weight)
+            for residual, weight, fusion in itertools.product(cfg.baseline_residuals if learns else ("abs",),
+                                                              cfg.baseline_intensity_weights if learns else (0.0,),
+                                                              cfg.baseline_fusions if learns else ("sum",)):
+                if fusion != "sum" and not weight:
+                    continue  # the max fusion combines a fused map with the residual alone: it needs a weight
+                key = _baseline_key(name, seed, fingerprint, cfg, base, eval_key, residual, weight, fusion)
                 label = ", ".join(filter(None, ["positive residual" if residual != "abs" else "",
-                                                f"+ intensity w={weight:g}" if weight else ""])) or "-"
+                                                f"+ intensity w={weight:g}" if weight else "",
+                                                "max" if fusion != "sum" else ""])) or "-"
                 if (row := done(key, label)) is not None:
                     rows.append(row)
                     continue
@@ -226,7 +231,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                     baseline_passes[residual] = (remembering(scorer), 0.0)
                 scorer, pass_s = baseline_passes[residual]
                 res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None, None,
-                                        weight)
+                                        weight, fusion, cfg.baseline_fusion_quantile)
                 seconds = round(time.perf_counter() - t0, 1)
                 if not reused:
                     baseline_passes[residual] = (scorer, seconds)
@@ -238,7 +243,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
 
 
 def _baseline_key(name: str, seed: int, fingerprint: str, cfg: LeverConfig, base: Mapping[str, Any],
-                  eval_key: Mapping[str, Any], residual: str, weight: float) -> dict[str, Any]:
+                  eval_key: Mapping[str, Any], residual: str, weight: float, fusion: str = "sum") -> dict[str, Any]:
     """What a baseline's result row is cached by. An AE's or DAE's key names its seeded initialisation, so rows
     scored with one whose initial weights came from the process's random state (before it was seeded) are redone."""
     key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride, "dae_steps": cfg.dae_steps,
@@ -250,6 +255,8 @@ def _baseline_key(name: str, seed: int, fingerprint: str, cfg: LeverConfig, base
         key["residual"] = residual
     if weight:
         key["intensity_weight"] = weight
+    if fusion != "sum":
+        key.update(fusion=fusion, fusion_quantile=cfg.baseline_fusion_quantile)
     return key
 
 

@@ -44,6 +44,23 @@ def fuse_intensity(residual: np.ndarray, image: np.ndarray, scale: float) -> np.
     return ((residual + scale * (image + 1.0)) / (1.0 + scale)).astype(residual.dtype)
 
 
+def max_fusion(fused: np.ndarray, residual: np.ndarray, fused_anchors: tuple[float, float],
+               residual_anchors: tuple[float, float], high: float = 2.0) -> np.ndarray:
+    """The larger of the fused map and the residual alone: m = min(max(f, g(r)), high).
+
+    g is the affine map that puts the residual on the fused map's scale by two healthy-brain quantiles,
+    g(r_med) = f_med and g(r_q) = f_q (``*_anchors`` = (median, q-quantile)). A voxel thus scores high when either
+    detector, read against its own healthy-brain distribution, calls it anomalous: the fused map finds the bright
+    lesions, the residual alone also the lesions no brighter than healthy tissue. ``high``: the top of the score range,
+    where the metrics' histograms clip too."""
+    (f_med, f_q), (r_med, r_q) = fused_anchors, residual_anchors
+    if not (f_q > f_med and r_q > r_med):
+        raise ValueError(f"the healthy quantiles must exceed the medians; got fused {fused_anchors}, residual "
+                         f"{residual_anchors}")
+    mapped = f_med + (f_q - f_med) * (residual - r_med) / (r_q - r_med)
+    return np.minimum(np.maximum(fused, mapped), high).astype(fused.dtype)
+
+
 def median_filter(amap: np.ndarray, size: int = 3) -> np.ndarray:
     """Median filter with a cubic window of ``size`` voxels (size <= 1: unchanged)."""
     return amap if size <= 1 else ndimage.median_filter(amap, size=size, mode="nearest")

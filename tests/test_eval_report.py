@@ -34,3 +34,17 @@ def test_lesion_kind_table_averages_each_kind_over_its_volumes() -> None:
     assert len(lines) == 6  # the result without set B has no row
     with pytest.raises(ValueError, match="eval_x"):
         lesion_kind_table(results, "eval_x")
+
+
+@pytest.mark.parametrize("fusion", ["sum", "max"])
+def test_the_reading_names_the_fusion_rule(fusion: str) -> None:
+    from addmlib.eval_report import reading
+    pooled = {"eval_b": {"pooled": {"auprc": 0.3, "auroc": 0.9}}}
+    floor = "intensity floor (x itself)"
+    results = {"addm, + intensity w=4": pooled, floor: {"eval_b": {"pooled": {"auprc": 0.2, "auroc": 0.86}}}}
+    infos = {"addm, + intensity w=4": {"kind": "diffusion", "lambda_adv": 0.05, "intensity_weight": 4.0,
+                                       "fusion": fusion},
+             floor: {"kind": "floor"}}
+    text = reading(results, infos, ["eval_b"])
+    assert "addm, + intensity w=4 beats the intensity floor (AUPRC 0.300 vs 0.200" in text
+    assert ("By the max rule" in text) == (fusion == "max")

@@ -49,7 +49,9 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     spec = {"base_params": ["params/ci.yaml"], "base_overrides": {"tune_draws": 2, "eval_b_draws": 2},
             "models_from": str(first), "threads": 1, "variants": {"coarse": {"noise": "coarse", "coarse_spacing": 8}},
             "scorings": {"x0": {"t_star": 25, "sample_steps": 1},
-                         "x0-int2": {"t_star": 25, "sample_steps": 1, "intensity_weight": 2}}, "seeds": [0, 1],
+                         "x0-int2": {"t_star": 25, "sample_steps": 1, "intensity_weight": 2},
+                         "x0-int2-max": {"t_star": 25, "sample_steps": 1, "intensity_weight": 2, "fusion": "max"}},
+            "seeds": [0, 1], "baseline_fusions": ["sum", "max"],
             "baselines": ["floor_intensity", "dae"], "variant_seeds": {"dae": [0]}, "dae_steps": 20,
             "baseline_intensity_weights": [0, 2], "slice_stride": 4, "adv_profile_t": []}
     params = second.parent / "second.yaml"
@@ -59,14 +61,17 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     assert not (second / "levers" / "models").exists() and (second / "levers" / "seed0" / "models" / "dae").is_dir()
     rows = json.loads((second / "levers" / "levers.json").read_text())["rows"]
     assert sorted((r["variant"], r["seed"], r["scoring"]) for r in rows if r["kind"] == "diffusion") == [
-        ("coarse", 0, "x0"), ("coarse", 0, "x0-int2"), ("coarse", 1, "x0"), ("coarse", 1, "x0-int2")]
+        ("coarse", 0, "x0"), ("coarse", 0, "x0-int2"), ("coarse", 0, "x0-int2-max"),
+        ("coarse", 1, "x0"), ("coarse", 1, "x0-int2"), ("coarse", 1, "x0-int2-max")]
     # the fused scoring reuses the plain one's network pass, and counts that pass as its cost
     by = {(r["variant"], r["seed"], r["scoring"]): r for r in rows}
     for seed in (0, 1):
-        plain, fused = by[("coarse", seed, "x0")], by[("coarse", seed, "x0-int2")]
-        assert not plain["network_pass_reused"] and fused["network_pass_reused"]
-        assert fused["seconds"] == plain["seconds"] and fused["auprc"] != plain["auprc"]
-    assert sorted(r["scoring"] for r in rows if r["variant"].startswith("DAE")) == ["+ intensity w=2", "-"]
+        plain, fused, larger = (by[("coarse", seed, s)] for s in ("x0", "x0-int2", "x0-int2-max"))
+        assert not plain["network_pass_reused"] and fused["network_pass_reused"] and larger["network_pass_reused"]
+        assert fused["seconds"] == plain["seconds"] and fused["auprc"] != plain["auprc"] != larger["auprc"]
+    # the max fusion needs a weight: the DAE's residual alone gets no max row
+    assert sorted(r["scoring"] for r in rows if r["variant"].startswith("DAE")) == [
+        "+ intensity w=2", "+ intensity w=2, max", "-"]
 
     m1, m2 = (json.loads((d / "data" / "manifest.json").read_text()) for d in (first, second))
     assert m1["fingerprint"] != m2["fingerprint"] and m1["training_fingerprint"] == m2["training_fingerprint"]
