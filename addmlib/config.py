@@ -403,7 +403,8 @@ class EvalConfig(DepthConfig):
     training data. Empty: the run's own ``models/``.
 
     ``fusion`` (with ``intensity_weight`` > 0): "sum" ranks voxels by z(r) + w z(x); "max" by the larger of that and
-    the residual alone, each read against its healthy-brain median and ``fusion_quantile`` (``post_processing.max_fusion``)."""
+    the residual alone, each read against its healthy-brain median and ``fusion_quantile``
+    (``post_processing.max_fusion``)."""
 
     device: str = "auto"
     models: tuple[str, ...] = ("addm", "ddpm")
@@ -660,7 +661,8 @@ class LeverConfig(RunConfig):
                              f"alone), got {list(self.baseline_intensity_weights)}")
         bad = [f for f in self.baseline_fusions if f not in ("sum", "max")]
         if bad or not self.baseline_fusions or len(set(self.baseline_fusions)) != len(self.baseline_fusions):
-            raise ValueError(f"baseline_fusions must hold distinct 'sum' and/or 'max', got {list(self.baseline_fusions)}")
+            raise ValueError(f"baseline_fusions must hold distinct 'sum' and/or 'max', got "
+                             f"{list(self.baseline_fusions)}")
         if not 0.5 < self.baseline_fusion_quantile < 1:
             raise ValueError(f"baseline_fusion_quantile must be in (0.5, 1), got {self.baseline_fusion_quantile}")
         for name, chosen in self.variant_seeds.items():

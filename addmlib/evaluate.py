@@ -360,12 +360,14 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
 
     if intensity_weight:
         moments = healthy_moments(healthy, pp)
-        results["intensity_fusion"] = {"weight": intensity_weight, "rule": fusion, "scale": round(params(None).scale, 6),
+        results["intensity_fusion"] = {"weight": intensity_weight, "rule": fusion,
+                                       "scale": round(params(None).scale, 6),
                                        "val_healthy": fuse_split(healthy, params, pp, True)}
         if fusion == "max":
             results["intensity_fusion"]["quantile"] = fusion_quantile
     elif fusion != "sum":
-        raise ValueError(f"fusion {fusion!r} needs an intensity_weight > 0 (it combines the fused map and the residual)")
+        raise ValueError(f"fusion {fusion!r} needs an intensity_weight > 0 (it combines the fused map and the "
+                         f"residual)")
     hists = healthy_histograms(healthy)
     threshold = calibrate(hists, fpr)
     without_host = {h: calibrate(hists, fpr, exclude=h) for h in hists}
