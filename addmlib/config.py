@@ -19,6 +19,8 @@ from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 
+from .post_processing import FUSION_QUANTILE, check_fusion_quantile
+
 T = TypeVar("T")
 
 
@@ -434,7 +436,7 @@ class EvalConfig(DepthConfig):
     residual: Literal["abs", "positive"] = "abs"
     intensity_weight: float = 0.0
     fusion: Literal["sum", "max"] = "sum"
-    fusion_quantile: float = 0.999
+    fusion_quantile: float = FUSION_QUANTILE
     models_from: str = ""
 
     def check(self) -> None:
@@ -445,9 +447,7 @@ class EvalConfig(DepthConfig):
         if self.fusion == "max" and not self.intensity_weight:
             raise ValueError("fusion 'max' takes the larger of the fused map and the residual alone: it needs "
                              "intensity_weight > 0")
-        if not 0.5 < self.fusion_quantile < 1:
-            raise ValueError(f"fusion_quantile must be in (0.5, 1) (the healthy-brain quantile that the max fusion "
-                             f"aligns), got {self.fusion_quantile}")
+        check_fusion_quantile(self.fusion_quantile)
         if self.patch_stride < 0:
             raise ValueError(f"patch_stride must be >= 0 (0 = half the model's patch), got {self.patch_stride}")
         if self.eval_noise == "none" and self.draws != 1:
@@ -631,7 +631,7 @@ class LeverConfig(RunConfig):
     baseline_residuals: tuple[str, ...] = ("abs",)
     baseline_intensity_weights: tuple[float, ...] = (0.0,)
     baseline_fusions: tuple[str, ...] = ("sum",)
-    baseline_fusion_quantile: float = 0.999
+    baseline_fusion_quantile: float = FUSION_QUANTILE
     dae_steps: int = 1500
     slice_stride: int = 3
     adv_profile_t: tuple[int, ...] = (10, 50, 100, 250, 500, 750, 950)
@@ -663,8 +663,7 @@ class LeverConfig(RunConfig):
         if bad or not self.baseline_fusions or len(set(self.baseline_fusions)) != len(self.baseline_fusions):
             raise ValueError(f"baseline_fusions must hold distinct 'sum' and/or 'max', got "
                              f"{list(self.baseline_fusions)}")
-        if not 0.5 < self.baseline_fusion_quantile < 1:
-            raise ValueError(f"baseline_fusion_quantile must be in (0.5, 1), got {self.baseline_fusion_quantile}")
+        check_fusion_quantile(self.baseline_fusion_quantile, "baseline_fusion_quantile")
         for name, chosen in self.variant_seeds.items():
             if name not in self.variants and name not in self.baselines:
                 raise ValueError(f"variant_seeds names {name!r}, which is neither a variant nor a baseline")

@@ -36,8 +36,8 @@ from .diffusion import GaussianDiffusion, SamplerName, resolve_steps
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
 from .models import build_diffusion, campaign_models_root, load_ema_unet, model_dir, trained_on
 from .noise import noise_from_config, zero_noise
-from .post_processing import (fuse_intensity, intensity_scale, max_fusion, median_filter, remove_small_components,
-                              restrict_to_brain)
+from .post_processing import (FUSION_QUANTILE, check_fusion_quantile, fuse_intensity, intensity_scale, max_fusion,
+                              median_filter, remove_small_components, restrict_to_brain)
 from .runtime import amp_dtype, resolve_amp
 
 SCORE_RANGE = (0.0, 2.0)  # |x - x_hat| for images in [-1, 1]
@@ -180,7 +180,8 @@ class FusionParams:
 
 
 def fusion_params(healthy: list[ScoredVolume], moments: dict[str, np.ndarray], weight: float, pp: PostProcessing,
-                  rule: FusionRule = "sum", quantile: float = 0.999, exclude: str | None = None) -> FusionParams:
+                  rule: FusionRule = "sum", quantile: float = FUSION_QUANTILE,
+                  exclude: str | None = None) -> FusionParams:
     """The fusion of a map whose host is ``exclude``, set on the other healthy brains only. "sum": m ranks voxels by
     z(r) + w z(x) (``fuse_intensity``); "max": the larger of that and the residual alone, each read against the healthy
     brains' median and ``quantile`` (``max_fusion``)."""
@@ -189,8 +190,7 @@ def fusion_params(healthy: list[ScoredVolume], moments: dict[str, np.ndarray], w
         return FusionParams(scale)
     if rule != "max":
         raise ValueError(f"fusion must be 'sum' or 'max', got {rule!r}")
-    if not 0.5 < quantile < 1:
-        raise ValueError(f"fusion_quantile must be in (0.5, 1), got {quantile}")
+    check_fusion_quantile(quantile)
     fused, raw = [], []
     for v in healthy:
         if v.id != exclude:
@@ -340,7 +340,7 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
                    pp: PostProcessing, anoddpm: bool, maps_dir: Path | None,
                    progress: Callable[..., Any] | None = None,
                    intensity_weight: float = 0.0, fusion: FusionRule = "sum",
-                   fusion_quantile: float = 0.999) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
+                   fusion_quantile: float = FUSION_QUANTILE) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
     """Calibrate on ``val_healthy``, then measure each set; returns (metrics, scored volumes per split).
 
     ``intensity_weight`` w > 0 fuses every map with the input's intensity before post-processing (``fuse_intensity``:

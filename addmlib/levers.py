@@ -37,6 +37,7 @@ from .evaluate import (BASELINE_LABELS, PostProcessing, Scorer, baseline_scorers
                        remembering)
 from .fileio import write_json_atomic
 from .models import campaign_models_root, trained_on
+from .post_processing import FUSION_QUANTILE
 from .provenance import write_run_record
 from .runtime import resolve_device, set_threads
 from .training import CheckpointError, finished_model, model_dir, train
@@ -191,7 +192,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                     pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))
                     res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None, None,
                                             sc.get("intensity_weight", 0.0), sc.get("fusion", "sum"),
-                                            float(sc.get("fusion_quantile", 0.999)))
+                                            float(sc.get("fusion_quantile", FUSION_QUANTILE)))
                     seconds = round(time.perf_counter() - t1, 1)
                     if not reused:
                         passes[network] = (scorer, info, seconds)

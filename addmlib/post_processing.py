@@ -44,6 +44,17 @@ def fuse_intensity(residual: np.ndarray, image: np.ndarray, scale: float) -> np.
     return ((residual + scale * (image + 1.0)) / (1.0 + scale)).astype(residual.dtype)
 
 
+FUSION_QUANTILE = 0.999
+"""The healthy-brain quantile by which ``max_fusion`` aligns the residual with the fused map, by default."""
+
+
+def check_fusion_quantile(quantile: float, name: str = "fusion_quantile") -> None:
+    """Refuse a quantile outside (0.5, 1): ``max_fusion`` needs a q-quantile above the median."""
+    if not 0.5 < quantile < 1:
+        raise ValueError(f"{name} must be in (0.5, 1) (the healthy-brain quantile that the max fusion aligns), got "
+                         f"{quantile}")
+
+
 def max_fusion(fused: np.ndarray, residual: np.ndarray, fused_anchors: tuple[float, float],
                residual_anchors: tuple[float, float], high: float = 2.0) -> np.ndarray:
     """The larger of the fused map and the residual alone: m = min(max(f, g(r)), high).
