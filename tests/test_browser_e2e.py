@@ -118,6 +118,13 @@ def test_site_builds_offline_and_the_browsing_page_works(ci_run, tmp_path, artif
         assert (site / page).is_file(), page
     assert external_resources(site) == {}
     assert json.loads((site / "site.json").read_text())["notebooks"][-1] == "05_browse"
+    # 03's result tables are markdown outputs: each must render as a table, not as lines of pipes
+    outputs = [o["data"]["text/markdown"] for c in json.loads((ci_run / "notebooks" / "03_evaluate.ipynb").read_text())
+               ["cells"] for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
+    tables = sum("|---|" in "".join(md) for md in outputs)
+    evaluate_html = (site / "notebooks" / "03_evaluate.html").read_text()
+    assert tables >= 4 and evaluate_html.count("<table") >= tables, (tables, evaluate_html.count("<table"))
+    assert "|---|" not in evaluate_html and "|—|" not in evaluate_html
     assert "python -m addmlib.pipeline params/demo.yaml my_data.yaml" in (site / "data.html").read_text()
     assert "sha256 checked" in (site / "data.html").read_text(), "the README's data section is included"
 
