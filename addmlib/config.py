@@ -342,7 +342,9 @@ class TrainConfig(ModelConfig):
     """notebooks/02_train.ipynb and ``python -m addmlib.training``: ADDM (lambda_adv > 0) or DDPM (lambda_adv = 0).
 
     Defaults are the paper's where it states them (Adam, lr 1e-4 x 0.999 every 200 epochs, batch 4, lambda 0.05,
-    3000 epochs); the choices it leaves open are documented in ``addmlib.training``.
+    3000 epochs); the choices it leaves open are documented in ``addmlib.training``. ``min_snr_gamma`` > 0 weights
+    each sample's L_DDPM by min(SNR_t, gamma) / SNR_t (Min-SNR, Hang et al. 2023; ``losses.min_snr_weight``); 0, the
+    default, leaves L_DDPM unweighted as the paper does.
     """
 
     model_name: str = "addm"
@@ -360,6 +362,7 @@ class TrainConfig(ModelConfig):
     adv_target: Literal["x_prev", "x0"] = "x_prev"
     train_t_max: int = 0
     train_t_min: int = 1
+    min_snr_gamma: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
@@ -390,6 +393,8 @@ class TrainConfig(ModelConfig):
         if not 1 <= self.train_t_min <= (self.train_t_max or self.num_steps):
             raise ValueError(f"train_t_min must be in [1, train_t_max] (train_t_max 0: num_steps = {self.num_steps}), "
                              f"got {self.train_t_min}")
+        if not 0 <= self.min_snr_gamma < float("inf"):
+            raise ValueError(f"min_snr_gamma must be a finite number >= 0 (0: no weighting), got {self.min_snr_gamma}")
         if not 0 < self.lr_decay <= 1 or not 0 <= self.ema_decay < 1:
             raise ValueError("lr_decay must be in (0, 1], ema_decay in [0, 1)")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name):

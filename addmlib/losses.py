@@ -32,10 +32,27 @@ from .diffusion import GaussianDiffusion, NoiseFn, gaussian_noise, patch_noise
 from .nets import Discriminator
 
 
-def ddpm_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def ddpm_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """L_DDPM = mean ||eps - eps_theta||^2 (Ho et al.'s L_simple), or mean ||x0 - x0_hat||^2 for an x0-prediction
-    model."""
-    return F.mse_loss(pred.float(), target.float())
+    model; with ``weight`` (B,), the batch mean of w_b times sample b's mean squared error."""
+    if weight is None:
+        return F.mse_loss(pred.float(), target.float())
+    per_sample = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
+    return (weight.float() * per_sample).mean()
+
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float,
+                   prediction: Prediction = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), per sample: with SNR_t = alpha_bar_t / (1 - alpha_bar_t),
+    w_t = min(SNR_t, gamma) / SNR_t for the epsilon loss and min(SNR_t, gamma) for the x0 loss. Where SNR_t >= gamma
+    the weighted epsilon loss is gamma * ||x0 - x0_hat||^2: every depth's x0 error counts alike, as in the DAE's loss,
+    while the network still predicts eps (its x0_hat = x_t / sqrt(abar) minus a correction, not a fresh image)."""
+    if not gamma > 0:
+        raise ValueError(f"min_snr_gamma must be > 0 here (0 turns the weighting off), got {gamma}")
+    ab = alphas_cumprod.to(t.device)[t.long()].double()
+    snr = ab / (1 - ab)
+    capped = snr.clamp(max=gamma)
+    return (capped / snr if prediction == "epsilon" else capped).float()
 
 
 def generator_adv_loss(fake_logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,7 +100,7 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
                          noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
                          adv_t_max: int | None = None, t_max: int | None = None, t_min: int = 1,
                          patch_mask: torch.Tensor | None = None, adv_target: AdvTarget = "x_prev",
-                         prediction: Prediction = "epsilon") -> ADDMTerms:
+                         prediction: Prediction = "epsilon", min_snr_gamma: float = 0.0) -> ADDMTerms:
     """L_ADDM = L_DDPM + lambda * L_Adv for one batch x0 (B, C, H, W) in [-1, 1].
 
     With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
@@ -96,6 +113,7 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     ``adv_target``: what D judges, the paper's x_{t-1} ("x_prev") or the one-step estimate x0_hat against x_0 ("x0").
     ``prediction``: the model's (``ModelConfig.prediction``): "epsilon", L_DDPM = ||eps - eps_theta||^2; "x0" (a model
     wrapped by ``EpsFromX0``), L_DDPM = ||x0 - x0_hat||^2.
+    ``min_snr_gamma`` > 0 weights each sample's L_DDPM by ``min_snr_weight`` (0: unweighted, the paper's).
     """
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam}")
@@ -111,10 +129,13 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     eps_pred = model(x_t, t)
     pred, target = ((diffusion.predict_x0(x_t.float(), t, eps_pred.float()), x0) if prediction == "x0"
                     else (eps_pred, eps))
+    weight = min_snr_weight(diffusion.alphas_cumprod, t, min_snr_gamma, prediction) if min_snr_gamma else None
     if patch_mask is None:
-        l_ddpm = ddpm_loss(pred, target)
+        l_ddpm = ddpm_loss(pred, target, weight)
     else:
         sq = (pred.float() - target.float()) ** 2 * patch_mask
+        if weight is not None:
+            sq = sq * weight.to(sq.device).reshape(-1, *([1] * (sq.dim() - 1)))
         l_ddpm = sq.sum() / (patch_mask.sum() * eps.shape[1]).clamp(min=1.0)
     zero = torch.zeros((), device=x0.device)
     if lam == 0:
