@@ -9,6 +9,7 @@ versions, git commit) and ``pipeline.json`` (per-notebook status and wall time o
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -72,6 +73,11 @@ def plan(params: Mapping[str, Any], notebooks: Sequence[str], run_dir: Path, sou
         if "run_dir" in declared:
             mine["run_dir"] = str(run_dir)
         if name in NOTEBOOK_CONFIGS:
+            # a config field the parameters cell lacks would be dropped here without a word and run at its default
+            missing = sorted({f.name for f in dataclasses.fields(NOTEBOOK_CONFIGS[name])} - declared)
+            if missing:
+                raise ConfigError(f"notebook {path}: its parameters cell lacks {', '.join(map(repr, missing))} of "
+                                  f"{NOTEBOOK_CONFIGS[name].__name__}; declare them there")
             validate(NOTEBOOK_CONFIGS[name], mine, f"{source} (for notebook {name})")
         steps.append(Step(name, path, mine))
     # A parameter for a pipeline notebook that is not run this time is fine (one file serves the whole pipeline);

@@ -45,6 +45,28 @@ def test_plan_passes_each_notebook_only_its_parameters(tmp_path):
     assert steps[0].params == {"image_size": 32, "seed": 3, "run_dir": str(tmp_path)}
 
 
+def test_plan_refuses_a_notebook_whose_parameters_cell_lacks_a_config_field(tmp_path):
+    nb = nbformat.read(ROOT / "notebooks" / "02_train.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("min_snr_gamma"))
+    nbformat.write(nb, tmp_path / "02_train.ipynb")
+    with pytest.raises(ConfigError, match="02_train.ipynb: its parameters cell lacks 'min_snr_gamma' of TrainConfig"):
+        pipeline.plan({"min_snr_gamma": 5.0}, ["02_train"], tmp_path / "run", "p.yaml", notebook_dir=tmp_path)
+
+
+def test_the_demo_trains_with_every_training_parameter_of_its_file(tmp_path):
+    """Every TrainConfig key of params/demo.yaml reaches 02_train (the eleventh session's min_snr_gamma did not)."""
+    import dataclasses
+
+    from addmlib.config import TrainConfig
+
+    params = pipeline.load_params([ROOT / "params" / "demo.yaml"])
+    (step,) = pipeline.plan(params, ["02_train"], tmp_path, "demo.yaml")
+    own = {f.name for f in dataclasses.fields(TrainConfig)} & set(params)
+    assert {k: step.params[k] for k in own} == {k: params[k] for k in own}
+    assert step.params["min_snr_gamma"] == 5.0
+
+
 def test_later_parameter_files_override_earlier_ones():
     params = pipeline.load_params([ROOT / "params" / "demo.yaml", ROOT / "params" / "ddpm.yaml"])
     assert params["lambda_adv"] == 0.0 and params["model_name"] == "ddpm" and params["image_size"] == 64
