@@ -1,5 +1,6 @@
 """The papermill pipeline runner and the notebook conventions."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import nbformat
 import pytest
 
 from addmlib import pipeline
-from addmlib.config import NOTEBOOK_CONFIGS, PIPELINE_NOTEBOOKS, ConfigError
+from addmlib.config import NOTEBOOK_CONFIGS, PIPELINE_NOTEBOOKS, ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -56,10 +57,6 @@ def test_plan_refuses_a_notebook_whose_parameters_cell_lacks_a_config_field(tmp_
 
 def test_the_demo_trains_with_every_training_parameter_of_its_file(tmp_path):
     """Every TrainConfig key of params/demo.yaml reaches 02_train (the eleventh session's min_snr_gamma did not)."""
-    import dataclasses
-
-    from addmlib.config import TrainConfig
-
     params = pipeline.load_params([ROOT / "params" / "demo.yaml"])
     (step,) = pipeline.plan(params, ["02_train"], tmp_path, "demo.yaml")
     own = {f.name for f in dataclasses.fields(TrainConfig)} & set(params)
