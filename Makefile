@@ -53,10 +53,10 @@ LEVERS_DIR := $(CURDIR)/outputs/levers
 levers-demo: $(STAMP)
 	$(PY) -m addmlib.pipeline params/levers_demo.yaml --notebooks 07_levers --run-dir $(LEVERS_DIR) --cell-timeout 86400
 
-# The campaign's models scored on six lesion draws of the tuning host (params/levers_tune6.yaml; after levers-demo,
+# The campaign's models scored on six lesion draws of the tuning host (params/campaigns/levers_tune6.yaml; after levers-demo,
 # whose models it reads; scoring only, about an hour on 2 cores). make levers-demo then shows it beside its table.
 levers-tune6: $(STAMP)
-	$(PY) -m addmlib.levers params/levers_tune6.yaml --run-dir $(CURDIR)/outputs/levers-tune6
+	$(PY) -m addmlib.levers params/campaigns/levers_tune6.yaml --run-dir $(CURDIR)/outputs/levers-tune6
 
 BENCH_DIR := $(CURDIR)/outputs/bench
 bench: $(VENV)/.installed-bench
@@ -80,7 +80,7 @@ test-tools:
 		$$(test -x $(CHROMIUM) || echo chromium) $$(command -v npm >/dev/null || echo npm); }
 
 ci-params: $(STAMP)
-	$(PY) -m addmlib.pipeline params/ci.yaml
+	$(PY) -m addmlib.pipeline params/ci/ci.yaml
 
 test: $(VENV)/.installed-dev test-tools
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest

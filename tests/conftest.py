@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory) -> Path:
-    """A run folder after ``python -m addmlib.pipeline params/ci.yaml`` (every pipeline notebook, executed)."""
-    return pipeline.run(ROOT / "params" / "ci.yaml", tmp_path_factory.mktemp("ci") / "run", cell_timeout=600)
+    """A run folder after ``python -m addmlib.pipeline params/ci/ci.yaml`` (every pipeline notebook, executed)."""
+    return pipeline.run(ROOT / "params" / "ci" / "ci.yaml", tmp_path_factory.mktemp("ci") / "run", cell_timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import yaml
 from addmlib import ablation, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-CI = ROOT / "params" / "ablation_ci.yaml"
+CI = ROOT / "params" / "ci" / "ablation_ci.yaml"
 
 
 def write_params(path: Path, **overrides) -> Path:

@@ -175,7 +175,7 @@ def test_training_cli_accepts_other_pipeline_notebooks_parameters(tmp_path, caps
     cfg = load_checked(TrainConfig, [ROOT / "params" / "demo.yaml"], {"run_dir": "x"}, pipeline=True)
     assert cfg.image_size == 64 and cfg.run_dir == "x"  # demo.yaml holds evaluation keys (models, slice_stride...)
     # valid parameters, no prepared data: a one-line error (exit 1), not a traceback
-    assert training.main([str(ROOT / "params" / "ci.yaml"), "--run-dir", str(tmp_path)]) == 1
+    assert training.main([str(ROOT / "params" / "ci" / "ci.yaml"), "--run-dir", str(tmp_path)]) == 1
     assert "manifest.json not found" in _one_line(capsys.readouterr().err)
 
 
@@ -189,7 +189,7 @@ def test_training_cli_in_a_process_exits_2_with_one_line(tmp_path):
 
 
 def test_sweep_cli_refuses_bad_cell_and_base_parameters_before_preparing_data(tmp_path, capsys):
-    ci = yaml.safe_load((ROOT / "params" / "ablation_ci.yaml").read_text())
+    ci = yaml.safe_load((ROOT / "params" / "ci" / "ablation_ci.yaml").read_text())
     typo = _yaml(tmp_path / "a.yaml", **{**ci, "cell_params": {"max_stepz": 10}})
     assert sweep.main([str(typo), "--run-dir", str(tmp_path / "s")]) == 2
     assert "'max_stepz' are declared by none" in _one_line(capsys.readouterr().err)

@@ -77,9 +77,9 @@ def test_bench_config_errors_name_the_parameter():
 @pytest.mark.slow
 def test_benchmark_notebook_runs_end_to_end(tmp_path):
     run = tmp_path / "run"  # a tiny trained model for the quality-cost part
-    pipeline.run(ROOT / "params" / "ci.yaml", run, ["01_prepare_data", "02_train"], cell_timeout=600,
+    pipeline.run(ROOT / "params" / "ci" / "ci.yaml", run, ["01_prepare_data", "02_train"], cell_timeout=600,
                  overrides={"model_name": "model", "max_steps": 5})
-    params = {**yaml.safe_load((ROOT / "params" / "bench_ci.yaml").read_text()),
+    params = {**yaml.safe_load((ROOT / "params" / "ci" / "bench_ci.yaml").read_text()),
               "run_dir": str(tmp_path / "bench"), "quality_run_dir": str(run)}
     papermill.execute_notebook(str(ROOT / "notebooks" / "06_benchmark.ipynb"), str(tmp_path / "06.ipynb"),
                                parameters=params, cwd=str(ROOT / "notebooks"), progress_bar=False,

@@ -84,7 +84,7 @@ def test_slice_browser_in_jupyterlab(ci_run, tmp_path, artifacts):
 
         # move the axial slice slider: the picture and the slice readout change, the volume Dice does not
         k0 = int(re.search(r"axial slice (\d+)", text0).group(1))
-        k1 = k0 - 4 if k0 >= 4 else k0 + 4  # params/ci.yaml scores every 4th slice: another scored one
+        k1 = k0 - 4 if k0 >= 4 else k0 + 4  # params/ci/ci.yaml scores every 4th slice: another scored one
         _set_slider(page, "axial", k1)
         text1 = _wait_for_change(readout.inner_text, text0)
         src1 = _wait_for_change(lambda: page.evaluate(IMAGE_SRC), src0)

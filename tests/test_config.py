@@ -45,7 +45,7 @@ def test_load_yaml_errors(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_yaml(lst)
-    assert load_yaml(ROOT / "params" / "ci.yaml")["image_size"] == 32
+    assert load_yaml(ROOT / "params" / "ci" / "ci.yaml")["image_size"] == 32
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOK_CONFIGS))
@@ -71,7 +71,7 @@ def test_shared_parameter_names_have_one_type():
             assert seen.setdefault(name, tp) == tp, f"{name} has two types across notebooks"
 
 
-@pytest.mark.parametrize("yaml_name", ["ci", "demo", "paper", "ddpm", "simplex"])
+@pytest.mark.parametrize("yaml_name", ["ci/ci", "demo", "paper", "ddpm", "simplex"])
 def test_every_params_file_is_valid_for_the_notebooks(yaml_name):
     params = load_yaml(ROOT / "params" / f"{yaml_name}.yaml")
     pipeline_configs = {n: NOTEBOOK_CONFIGS[n] for n in PIPELINE_NOTEBOOKS}
@@ -93,8 +93,8 @@ def test_notebook_config_ignores_ipython_and_other_notebooks_but_not_typos(monke
         notebook_config(MethodConfig, ns, "00_method")
 
 
-@pytest.mark.parametrize("yaml_name,cls_name", [("ablation_ci", "04_ablation"), ("ablation_demo", "04_ablation"),
-                                                ("ablation_paper", "04_ablation"), ("bench_ci", "06_benchmark"),
+@pytest.mark.parametrize("yaml_name,cls_name", [("ci/ablation_ci", "04_ablation"), ("ablation_demo", "04_ablation"),
+                                                ("ablation_paper", "04_ablation"), ("ci/bench_ci", "06_benchmark"),
                                                 ("bench_demo", "06_benchmark")])
 def test_sweep_and_benchmark_params_files_are_valid(yaml_name, cls_name):
     validate(NOTEBOOK_CONFIGS[cls_name], load_yaml(ROOT / "params" / f"{yaml_name}.yaml"), f"{yaml_name}.yaml")

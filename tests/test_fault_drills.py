@@ -23,7 +23,7 @@ from tests.test_bad_input import _build, _folders
 from tests.test_training import _blobs, _cfg, _prepared_folder
 
 ROOT = Path(__file__).resolve().parent.parent
-CI = ROOT / "params" / "ablation_ci.yaml"
+CI = ROOT / "params" / "ci" / "ablation_ci.yaml"
 KILLED_CELL = "lam0_T50_seed0"
 
 
@@ -193,7 +193,7 @@ def test_a_manifest_lost_to_a_full_disk_is_detected_and_the_next_build_repairs_i
 
 def test_a_base_params_file_changed_between_runs_makes_its_cells_retrain_from_scratch(tmp_path, monkeypatch):
     base = tmp_path / "base.yaml"
-    base.write_text((ROOT / "params" / "ci.yaml").read_text())
+    base.write_text((ROOT / "params" / "ci" / "ci.yaml").read_text())
     overrides = {"base_params": [str(base)], "lambda_grid": [0.0], "num_steps_grid": [50]}
     cell = sweep.grid(sweep.load_config([CI], overrides), tmp_path)[0]
     cell.folder.mkdir(parents=True)

@@ -298,15 +298,16 @@ def test_eval_config_checks_baselines_and_ensembles():
 
 
 def test_lever_campaign_params_are_checked():
-    validate(LeverConfig, load_yaml(ROOT / "params" / "levers_ci.yaml"), "levers_ci.yaml")
+    validate(LeverConfig, load_yaml(ROOT / "params" / "ci" / "levers_ci.yaml"), "levers_ci.yaml")
     cfg = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_demo.yaml"), "levers_demo.yaml")
     base = load_campaign_params(cfg)
     assert base["image_size"] == 64 and "coarse8" in cfg.variants
-    res = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_res96.yaml"), "levers_res96.yaml")
+    res = validate(LeverConfig, load_yaml(ROOT / "params" / "campaigns" / "levers_res96.yaml"), "levers_res96.yaml")
     assert load_campaign_params(res)["image_size"] == 96
-    draw2 = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_draw2.yaml"), "levers_draw2.yaml")
+    draw2 = validate(LeverConfig, load_yaml(ROOT / "params" / "campaigns" / "levers_draw2.yaml"), "levers_draw2.yaml")
     assert load_campaign_params(draw2)["seed"] == 1  # the data seed: the tuning lesions are drawn anew
-    few = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_templates.yaml"), "levers_templates.yaml")
+    few = validate(LeverConfig, load_yaml(ROOT / "params" / "campaigns" / "levers_templates.yaml"),
+                   "levers_templates.yaml")
     assert "mrhead" not in load_campaign_params(few)["healthy_sources"]
     with pytest.raises(ConfigError, match="base_overrides: .*'image_sise'"):
         load_campaign_params(dataclasses.replace(res, base_overrides={"image_sise": 96}))
@@ -318,16 +319,17 @@ def test_lever_campaign_params_are_checked():
         load_campaign_params(bad)
     with pytest.raises(ConfigError, match="may only hold"):
         validate(LeverConfig, {"variants": {"a b": {}}}, "p")
-    deep = validate(LeverConfig, {**load_yaml(ROOT / "params" / "levers_ci.yaml"), "adv_profile_t": [5, 500]}, "p")
+    deep = validate(LeverConfig, {**load_yaml(ROOT / "params" / "ci" / "levers_ci.yaml"), "adv_profile_t": [5, 500]},
+                    "p")
     with pytest.raises(ConfigError, match="adv_profile_t \\[5, 500\\] goes beyond T = 100 of variant 'coarse'"):
         load_campaign_params(deep)
-    ci = load_yaml(ROOT / "params" / "levers_ci.yaml")
+    ci = load_yaml(ROOT / "params" / "ci" / "levers_ci.yaml")
     unnoised = validate(LeverConfig, {**ci, "base_overrides": {"draws": 4},
                                       "scorings": {"x0-none": {"t_star": 25, "sample_steps": 1, "eval_noise": "none"}}},
                         "p")
     with pytest.raises(ConfigError, match="scoring 'x0-none': eval_noise 'none' .* draws is 4: set draws 1"):
         load_campaign_params(unnoised)
-    two = validate(LeverConfig, load_yaml(ROOT / "params" / "levers_twohost.yaml"), "levers_twohost.yaml")
+    two = validate(LeverConfig, load_yaml(ROOT / "params" / "campaigns" / "levers_twohost.yaml"), "levers_twohost.yaml")
     assert "oasis30" not in load_campaign_params(two)["healthy_sources"] and two.tune_hosts == ("itk_t1", "oasis30")
     # the campaign's reference point stays the paper's reading whatever the demo adopts (cached rows keep their meaning)
     assert (base["noise"], base["sample_steps"], base["t_star_ensemble"], base["draws"], base["residual"]) == \

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.registry
 def test_lever_campaign_runs_resumes_and_reports(tmp_path, capsys):
     run_dir = tmp_path / "levers"
-    pipeline.run(ROOT / "params" / "levers_ci.yaml", run_dir, ["07_levers"], cell_timeout=1200)
+    pipeline.run(ROOT / "params" / "ci" / "levers_ci.yaml", run_dir, ["07_levers"], cell_timeout=1200)
     result = json.loads((run_dir / "levers" / "levers.json").read_text())
     assert result["split"] == "tune" and (run_dir / "notebooks" / "07_levers.ipynb").is_file()
     assert (run_dir / "levers" / "levers.png").is_file() and (run_dir / "levers" / "summary.csv").is_file()
@@ -32,7 +32,7 @@ def test_lever_campaign_runs_resumes_and_reports(tmp_path, capsys):
     assert manifest["counts"]["tune"]["volumes"] > 0 and manifest["settings"]["tune_hosts"] == ["itk_t1"]
     # the command line finds everything done: nothing is trained or scored again
     written = {p: p.stat().st_mtime_ns for p in (run_dir / "levers" / "rows").iterdir()}
-    assert levers_main([str(ROOT / "params" / "levers_ci.yaml"), "--run-dir", str(run_dir)]) == 0
+    assert levers_main([str(ROOT / "params" / "ci" / "levers_ci.yaml"), "--run-dir", str(run_dir)]) == 0
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "levers" / "rows").iterdir()} == written
     assert "coarse" in capsys.readouterr().out
     _scores_its_models_on_more_tuning_draws(run_dir, tmp_path / "second", capsys)
@@ -46,7 +46,7 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     import yaml
 
     before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
-    spec = {"base_params": ["params/ci.yaml"], "base_overrides": {"tune_draws": 2, "eval_b_draws": 2},
+    spec = {"base_params": ["params/ci/ci.yaml"], "base_overrides": {"tune_draws": 2, "eval_b_draws": 2},
             "models_from": str(first), "threads": 1, "variants": {"coarse": {"noise": "coarse", "coarse_spacing": 8}},
             "scorings": {"x0": {"t_star": 25, "sample_steps": 1},
                          "x0-int2": {"t_star": 25, "sample_steps": 1, "intensity_weight": 2},

@@ -109,7 +109,7 @@ def test_failing_notebook_is_reported_and_kept(tmp_path):
 
 def _params_with(tmp_path, **changes):
     import yaml
-    params = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params" / "ci" / "ci.yaml").read_text())
     params.update(changes)
     out = tmp_path / "p.yaml"
     out.write_text(yaml.safe_dump(params))

@@ -18,7 +18,7 @@ from addmlib import ablation, sweep
 from addmlib.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-CI = ROOT / "params" / "ablation_ci.yaml"
+CI = ROOT / "params" / "ci" / "ablation_ci.yaml"
 
 
 def write_params(path: Path, **overrides) -> Path:
