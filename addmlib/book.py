@@ -31,7 +31,8 @@ from .cli import USAGE_ERROR, ArgumentParser, one_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-NARRATIVE = ("intro", "method", "data", "scaling")
+NARRATIVE = ("intro", "method", "data", "scaling", "bad-input")
+RESULTS = ("detection", "paper-claims", "speed")  # docs/results/<name>.md, with their figures in docs/results/figures
 REQUIRED = ("05_browse",)
 VENDOR = {  # npm package path -> path under _static/vendor (folders copied whole, minus source maps)
     "requirejs/require.js": "require.js",
@@ -133,12 +134,32 @@ def check_executed(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def _toc(run: Sequence[str], extra: Sequence[str]) -> dict:
+def notebook_title(nb: nbformat.NotebookNode, name: str) -> str:
+    """The notebook's sidebar title: its first markdown heading; when the name carries a run's tag, the heading less
+    a trailing parenthesis, then the tag (``02_train-ddpm`` -> "02 · Train a model: DDPM"), so that one notebook run
+    twice (ADDM and the DDPM baseline) gets two distinct titles."""
+    heading = next((line.lstrip("#").strip() for c in nb.cells if c.cell_type == "markdown"
+                    for line in c.source.splitlines() if line.startswith("# ")), name)
+    tag = name.partition("-")[2]
+    if not tag:
+        return heading
+    return f"{re.sub(r' [(].*[)]$', '', heading)}: {tag.upper() if tag in ('addm', 'ddpm') else tag}"
+
+
+def _entry(name: str, titles: dict[str, str]) -> dict:
+    return {"file": f"notebooks/{name}", **({"title": titles[name]} if name in titles else {})}
+
+
+def _toc(run: Sequence[str], extra: Sequence[str], titles: dict[str, str] | None = None) -> dict:
+    """The table of contents; ``titles`` (notebook name -> sidebar title) overrides the notebooks' own headings."""
+    titles = titles or {}
     parts = [{"caption": "The method", "chapters": [{"file": "method"}]},
-             {"caption": "The demo run, executed", "chapters": [{"file": f"notebooks/{n}"} for n in run]}]
+             {"caption": "The demo run, executed", "chapters": [_entry(n, titles) for n in run]}]
     if extra:
-        parts.append({"caption": "Studies", "chapters": [{"file": f"notebooks/{n}"} for n in extra]})
-    parts.append({"caption": "Using the workbench", "chapters": [{"file": "data"}, {"file": "scaling"}]})
+        parts.append({"caption": "Studies", "chapters": [_entry(n, titles) for n in extra]})
+    parts.append({"caption": "Results", "chapters": [{"file": f"results/{n}"} for n in RESULTS]})
+    parts.append({"caption": "Using the workbench", "chapters": [{"file": "data"}, {"file": "scaling"},
+                                                                 {"file": "bad-input"}]})
     return {"format": "jb-book", "root": "intro", "parts": parts}
 
 
@@ -195,12 +216,13 @@ def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path]
     extra = [Path(p).resolve() for p in extra]
     notebooks = run_notebooks + extra
     names: list[str] = []
+    titles: dict[str, str] = {}
     for p in notebooks:
         if not p.is_file():
             raise SiteError(f"{p}: notebook not found")
         if p.stem in names:
             raise SiteError(f"two notebooks named {p.stem}: {p}")
-        check_executed(p)
+        titles[p.stem] = notebook_title(check_executed(p), p.stem)
         names.append(p.stem)
     jb = Path(sys.executable).parent / "jupyter-book"
     jb_path = str(jb) if jb.is_file() else shutil.which("jupyter-book")
@@ -213,13 +235,17 @@ def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path]
     try:
         book = work / "book"
         (book / "notebooks").mkdir(parents=True)
-        shutil.copy2(ROOT / "README.md", work / "README.md")  # docs pages include parts of it as ../README.md
         for name in NARRATIVE:
             shutil.copy2(docs / f"{name}.md", book / f"{name}.md")
         shutil.copy2(docs / "_config.yml", book / "_config.yml")
+        (book / "results").mkdir()
+        for name in RESULTS:
+            shutil.copy2(docs / "results" / f"{name}.md", book / "results" / f"{name}.md")
+        if (docs / "results" / "figures").is_dir():
+            shutil.copytree(docs / "results" / "figures", book / "results" / "figures")
         for p in notebooks:
             shutil.copy2(p, book / "notebooks" / p.name)
-        (book / "_toc.yml").write_text(yaml.safe_dump(_toc(names[:len(run_notebooks)], names[len(run_notebooks):]),
+        (book / "_toc.yml").write_text(yaml.safe_dump(_toc(names[:len(run_notebooks)], names[len(run_notebooks):], titles),
                                                       sort_keys=False))
         vendor_js(book / "_vendor", modules, docs)  # served as _static/vendor (html_static_path; not _static itself,
         # whose every .js file Jupyter Book would add to every page)

@@ -1,10 +1,13 @@
 """The site builder's checks, without building a site (tests/test_browser_e2e.py builds and loads one)."""
 
+import re
+
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook, new_output
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from addmlib.book import SiteError, _toc, build_site, check_executed, executed_notebooks, external_resources
+from addmlib.book import (DOCS, RESULTS, SiteError, _toc, build_site, check_executed, executed_notebooks,
+                          external_resources, notebook_title)
 
 
 def test_external_resources_are_found_in_pages_and_stylesheets(tmp_path):
@@ -51,6 +54,27 @@ def test_only_executed_notebooks_are_rendered(tmp_path):
 
 def test_table_of_contents_has_a_studies_part_only_with_extra_notebooks():
     plain = _toc(["00_method", "05_browse"], [])
-    assert [p["caption"] for p in plain["parts"]] == ["The method", "The demo run, executed", "Using the workbench"]
+    assert [p["caption"] for p in plain["parts"]] == ["The method", "The demo run, executed", "Results",
+                                                      "Using the workbench"]
     with_extra = _toc(["05_browse"], ["04_ablation"])
     assert with_extra["parts"][2] == {"caption": "Studies", "chapters": [{"file": "notebooks/04_ablation"}]}
+
+
+def test_sidebar_titles_are_unique_for_a_notebook_run_twice():
+    train = new_notebook(cells=[new_markdown_cell("# 02 · Train a model (ADDM, or the DDPM baseline with λ = 0)")])
+    titles = {n: notebook_title(train, n) for n in ("02_train-addm", "02_train-ddpm")}
+    assert titles == {"02_train-addm": "02 · Train a model: ADDM", "02_train-ddpm": "02 · Train a model: DDPM"}
+    assert notebook_title(new_notebook(cells=[new_markdown_cell("# 05 · Browse")]), "05_browse") == "05 · Browse"
+    toc = _toc(["02_train-addm", "02_train-ddpm"], [], titles)
+    assert [c.get("title") for c in toc["parts"][1]["chapters"]] == list(titles.values())
+
+
+def test_results_chapters_are_in_the_table_of_contents_and_hold_their_tables():
+    toc = _toc(["05_browse"], [])
+    results = next(p for p in toc["parts"] if p["caption"] == "Results")
+    assert [c["file"] for c in results["chapters"]] == [f"results/{n}" for n in RESULTS]
+    for name in RESULTS:
+        text = (DOCS / "results" / f"{name}.md").read_text()
+        assert text.startswith("# ") and "|---|" in text, name
+        for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):  # figures resolve beside the chapter
+            assert (DOCS / "results" / image).is_file(), image

@@ -13,7 +13,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from addmlib.book import build_site, external_resources
+from addmlib.book import DOCS, RESULTS, build_site, external_resources
 
 from .browser_util import chromium, differs, free_port, server, static_server
 
@@ -112,7 +112,8 @@ def test_slice_browser_in_jupyterlab(ci_run, tmp_path, artifacts):
 @pytest.mark.registry  # the first site build fetches its JavaScript from the npm registry (then cached)
 def test_site_builds_offline_and_the_browsing_page_works(ci_run, tmp_path, artifacts):
     site = build_site(ci_run, tmp_path / "site")
-    for page in ("index.html", "intro.html", "data.html", "scaling.html", "method.html",
+    for page in ("index.html", "intro.html", "data.html", "scaling.html", "method.html", "bad-input.html",
+                 *(f"results/{n}.html" for n in RESULTS),
                  "notebooks/03_evaluate.html", "notebooks/05_browse.html", "_static/vendor/require.js",
                  "_static/vendor/html-manager/embed-amd.js", "_static/vendor/mathjax/tex-chtml.js"):
         assert (site / page).is_file(), page
@@ -126,7 +127,16 @@ def test_site_builds_offline_and_the_browsing_page_works(ci_run, tmp_path, artif
     assert tables >= 4 and evaluate_html.count("<table") >= tables, (tables, evaluate_html.count("<table"))
     assert "|---|" not in evaluate_html and "|—|" not in evaluate_html
     assert "python -m addmlib.pipeline params/demo.yaml my_data.yaml" in (site / "data.html").read_text()
-    assert "sha256 checked" in (site / "data.html").read_text(), "the README's data section is included"
+    assert "sha256 checked" in (site / "data.html").read_text(), "the data page's section on the embedded data"
+    # the results chapters: each renders, with every one of its markdown tables as an HTML table, and its figures
+    for name in RESULTS:
+        md = (DOCS / "results" / f"{name}.md").read_text()
+        page = (site / "results" / f"{name}.html").read_text()
+        n_tables = len(re.findall(r"^\|(?:---\|)+$", md, flags=re.M))
+        assert n_tables >= 1 and page.count("<table") == n_tables, (name, n_tables, page.count("<table"))
+        assert "|---|" not in page, name
+        for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+            assert (site / "_images" / Path(image).name).is_file() or (site / "results" / image).is_file(), image
 
     with static_server(site, tmp_path / "http.log") as base, chromium(tmp_path) as ctx:
         page = ctx.new_page()
