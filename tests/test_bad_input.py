@@ -1,5 +1,5 @@
 """Bad input: masks that do not belong to their scan or end up empty, parameters no entry point may start with, and
-metrics on volumes with a single class (see README, "Bad input")."""
+metrics on volumes with a single class (see docs/bad-input.md)."""
 
 import json
 import re

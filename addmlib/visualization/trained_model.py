@@ -16,14 +16,14 @@ from .slices import slice_rows
 
 def session_summary(result: Mapping[str, Any], log: Sequence[Mapping[str, Any]], amp_setting: str,
                     unet: torch.nn.Module) -> str:
-    """Two lines on a ``training.train`` result: resumed or new, step, device and amp; this session's wall time, the
-    steps/s of the second half of the log, peak memory and the U-Net's size."""
+    """Two lines on a ``training.train`` result: resumed or new, step, device and amp; this call's wall time (a resumed
+    run counts from its resume), the steps/s of the second half of the log, peak memory and the U-Net's size."""
     rate = float(np.mean([r["steps_per_s"] for r in log[len(log) // 2:]])) if log else float("nan")
     start = "new run" if result["resumed_from"] is None else f"resumed from step {result['resumed_from']}"
     cpu = f"; {result['cpu']}" if "cpu" in result else ""
     return (f"{start}; now at step {result['step']}/{result['total_steps']} ({result['steps_per_epoch']} steps per "
             f"epoch) on {result['device']}, amp {result['amp']} (setting {amp_setting!r}){cpu}\n"
-            f"this session: {result['wall_time_s']} s, {rate:.2f} steps/s (2nd half of the log), "
+            f"this call: {result['wall_time_s']} s, {rate:.2f} steps/s (2nd half of the log), "
             f"peak memory {result['peak_memory_mb']} MB; U-Net {count_parameters(unet):,} parameters")
 
 
