@@ -245,8 +245,8 @@ def build_site(run_dir: str | Path, out: str | Path, extra: Iterable[str | Path]
             shutil.copytree(docs / "results" / "figures", book / "results" / "figures")
         for p in notebooks:
             shutil.copy2(p, book / "notebooks" / p.name)
-        (book / "_toc.yml").write_text(yaml.safe_dump(_toc(names[:len(run_notebooks)], names[len(run_notebooks):], titles),
-                                                      sort_keys=False))
+        toc = _toc(names[:len(run_notebooks)], names[len(run_notebooks):], titles)
+        (book / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
         vendor_js(book / "_vendor", modules, docs)  # served as _static/vendor (html_static_path; not _static itself,
         # whose every .js file Jupyter Book would add to every page)
         # -W: a warning (a broken include or link, an unreadable notebook) fails the build

@@ -16,8 +16,9 @@ How we read Eq. 5 (the paper is ambiguous; see notebooks/00_method.ipynb for the
 * lambda = 0 is exactly the DDPM baseline (Pinaya et al.): the discriminator is not evaluated at all.
 * ``adv_target = "x0"`` is not the paper's: D compares the model's one-step estimate
   x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_bar_t) with the clean x_0. With T = 1000 small steps the
-  paper's real and fake x_{t-1} differ by a mean shift far below sigma_t, so its D has nothing to see (docs/results/paper-claims.md,
-  the adversarial-gradient profile); x0_hat is what one-step detection reads, and at large t it is visibly blurred.
+  paper's real and fake x_{t-1} differ by a mean shift far below sigma_t, so its D has nothing to see
+  (docs/results/paper-claims.md, the adversarial-gradient profile); x0_hat is what one-step detection reads, and at
+  large t it is visibly blurred.
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ def resolve_amp(setting: str, device: torch.device, flags: Iterable[str] | None 
     """The autocast precision to use on ``device``.
 
     "auto": on CUDA bf16 where the GPU supports it, else fp16 (with a GradScaler in training); on a CPU bf16 where it
-    has native bf16 (``cpu_has_native_bf16``: measured 1.5x faster training there, docs/results/speed.md), else "off" (fp32: bf16
-    autocast was 7-140x *slower* on an AVX-512 CPU without BF16). "off", "bf16", "fp16" are taken as given;
+    has native bf16 (``cpu_has_native_bf16``: measured 1.5x faster training there, docs/results/speed.md), else "off"
+    (fp32: bf16 autocast was 7-140x *slower* on an AVX-512 CPU without BF16). "off", "bf16", "fp16" are taken as given;
     fp16 needs CUDA.
     """
     if setting not in ("auto", "off", "bf16", "fp16"):

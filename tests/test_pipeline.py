@@ -56,7 +56,8 @@ def test_plan_refuses_a_notebook_whose_parameters_cell_lacks_a_config_field(tmp_
 
 
 def test_the_demo_trains_with_every_training_parameter_of_its_file(tmp_path):
-    """Every TrainConfig key of params/demo.yaml reaches 02_train (a key its parameters cell lacks would run at its default)."""
+    """Every TrainConfig key of params/demo.yaml reaches 02_train (a key its parameters cell lacked would run at its
+    default)."""
     params = pipeline.load_params([ROOT / "params" / "demo.yaml"])
     (step,) = pipeline.plan(params, ["02_train"], tmp_path, "demo.yaml")
     own = {f.name for f in dataclasses.fields(TrainConfig)} & set(params)
