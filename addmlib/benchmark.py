@@ -494,6 +494,7 @@ def quality_curve(cfg: Any, batch: int, device: torch.device,
     on healthy brains, default post-processing), and the scoring wall time. One row per model and scoring."""
     from .data.prepare import PreparedDataset
     from .evaluate import PostProcessing, diffusion_scorer, evaluate_model, use_channels_last
+    from .models import recorded_checkpoint
     from .training import model_dir
 
     run = Path(cfg.quality_run_dir).resolve()
@@ -503,7 +504,7 @@ def quality_curve(cfg: Any, batch: int, device: torch.device,
     if cfg.demo_scoring:
         plans.append(("demo", *demo_scoring(cfg)))
     for name in cfg.quality_models:
-        ckpt = json.loads((model_dir(run, name) / "model.json").read_text())["checkpoint"]
+        ckpt = recorded_checkpoint(model_dir(run, name) / "model.json")
         for scoring, depths, steps, draws, residual, noise in plans:
             scorer, info = diffusion_scorer(ckpt, depths, steps, "ddpm", noise, draws, batch, cfg.seed, device,
                                             use_channels_last("auto", device), "auto", residual=residual)

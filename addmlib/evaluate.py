@@ -18,7 +18,7 @@ For each model:
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +31,12 @@ import torch
 from .baselines import ae_error_maps, dae_error_maps, intensity_floor, median_floor, train_autoencoder, train_dae
 from .config import EvalConfig
 from .data.prepare import PreparedDataset, PreparedVolume
+from .data.preprocess import LANDMARK_PERCENTILES
 from .detect import fast_denoiser, score_volume, to_native_nifti
 from .diffusion import GaussianDiffusion, SamplerName, resolve_steps
+from .fileio import write_json_atomic
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
-from .models import build_diffusion, campaign_models_root, load_ema_unet, model_dir, trained_on
+from .models import build_diffusion, campaign_models_root, load_ema_unet, model_dir, recorded_checkpoint, trained_on
 from .noise import noise_from_config, zero_noise
 from .post_processing import (FUSION_QUANTILE, check_fusion_quantile, fuse_intensity, intensity_scale, max_fusion,
                               median_filter, remove_small_components, restrict_to_brain)
@@ -461,6 +463,51 @@ def fused_label(label: str, weight: float, fusion: FusionRule = "sum") -> str:
     return f"{label}, + intensity w={weight:g}{', max' if fusion == 'max' else ''}" if weight else label
 
 
+DETECTOR_FILE = "detector.json"
+"""What ``evaluate_run`` writes beside metrics.json for ``addmlib.score``: a detector that needs no calibration data."""
+DETECTOR_FORMAT = 1
+
+
+def detector_model(run_dir: Path, model_json: Path, result: Mapping[str, Any]) -> dict[str, Any]:
+    """One model's entry of ``detector.json``: its record (relative to the run, so that a copied run scores with its
+    own weights), the threshold calibrated on all healthy brains, and the fusion set on all of them."""
+    fusion = result.get("intensity_fusion")
+    return {"model_json": os.path.relpath(model_json, run_dir), "threshold": float(result["threshold"]),
+            "fusion": None if not fusion else {
+                "weight": fusion["weight"], "rule": fusion["rule"], "scale": fusion["scale"],
+                "anchors": fusion.get("anchors", {}).get("None")}}
+
+
+def intensity_reference(data: PreparedDataset) -> list[float]:
+    """The training brains' intensity deciles that preparation standardised every scan onto (with histogram
+    standardisation off: the mean deciles of the prepared training brains, which the scans were left at)."""
+    recorded = data.manifest.get("intensity_reference_deciles")
+    if recorded is not None:
+        return [float(r) for r in recorded]
+    deciles = [np.percentile(v.image[v.brain], LANDMARK_PERCENTILES) for v in data.volumes("train")]
+    return [round(float(r), 4) for r in np.mean(deciles, axis=0)]
+
+
+def detector_record(cfg: EvalConfig, data: PreparedDataset, models: Mapping[str, Any]) -> dict[str, Any]:
+    """``detector.json``: how the run prepares a scan (its data's settings and intensity reference), how it scores it
+    (``cfg``'s scoring and post-processing) and, per model, where its weights are and the threshold and fusion it
+    was calibrated with (``detector_model``)."""
+    settings = data.manifest["settings"]
+    return {"format": DETECTOR_FORMAT, "eval_name": cfg.eval_name, "fpr": cfg.fpr,
+            "prepare": {k: settings[k] for k in ("image_size", "strip_margin_mm", "min_brain_fraction",
+                                                 "histogram_standardisation", "min_mask_overlap") if k in settings},
+            "data_fingerprint": data.manifest.get("fingerprint"),
+            "intensity_reference_deciles": intensity_reference(data),
+            "scoring": {"t_star": list(cfg.t_star_ensemble) or cfg.t_star, "sample_steps": cfg.sample_steps,
+                        "sampler": cfg.sampler, "eval_noise": cfg.eval_noise, "draws": cfg.draws,
+                        "residual": cfg.residual, "patch_stride": cfg.patch_stride, "seed": cfg.seed,
+                        "eval_batch_size": cfg.eval_batch_size, "amp": cfg.amp, "channels_last": cfg.channels_last,
+                        "slice_stride": cfg.slice_stride},
+            "post_processing": {"erode_mm": cfg.brain_erode_mm, "median_size": cfg.median_size,
+                                "min_component_voxels": cfg.min_component_voxels},
+            "models": dict(models)}
+
+
 def _model_json(cfg: EvalConfig, run_dir: Path, name: str, training_fingerprint: str) -> Path:
     """The record of model ``name``: in the run's own ``models/``, or in the lever campaign of ``cfg.models_from``,
     whose model must have been trained on this run's training data."""
@@ -492,7 +539,9 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     With ``cfg.intensity_weight`` > 0 every model and autoencoder gets two rows from one pass of its network: its map
     fused with the intensity, the row whose maps are written and shown (its info's ``name`` is the model's, and its
     ``wall_time_s`` holds the network pass), and its residual alone (``name`` "<model>-w0"). The floors are what they
-    are. Returns (results, infos, scored set-A volumes), each keyed by the row label.
+    are. Returns (results, infos, scored set-A volumes), each keyed by the row label. What scoring a new scan needs
+    (each model's calibrated threshold and fusion, the scoring, post-processing and preparation settings) is written
+    to ``out/detector.json`` (``detector_record``).
     """
     pp = PostProcessing(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels)
     run_dir = Path(cfg.run_dir).resolve()
@@ -522,16 +571,21 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
                 f"{res['threshold']:.3f} (set A), leave-one-host-out {res['thresholds_without_host']}")
 
     weights = (cfg.intensity_weight, 0.0) if cfg.intensity_weight else (0.0,)
+    detectors: dict[str, Any] = {}
     for name in cfg.models:
         model_json = _model_json(cfg, run_dir, name, data.training_fingerprint)
-        scorer, info = diffusion_scorer(json.loads(model_json.read_text())["checkpoint"],
+        scorer, info = diffusion_scorer(recorded_checkpoint(model_json),
                                         list(cfg.t_star_ensemble) or cfg.t_star, cfg.sample_steps, cfg.sampler,
                                         cfg.eval_noise, cfg.draws, cfg.eval_batch_size, cfg.seed, device,
                                         use_channels_last(cfg.channels_last, device), cfg.amp, cfg.patch_stride,
                                         cfg.residual)
         noise = "unnoised input" if info["noise"] == "none" else f"{info['noise']} noise"
-        rows(scorer, f"{name} (λ={info['lambda_adv']}, T={info['T']}, {noise}, t*={info['t_star']}, "
-                     f"{info['steps']} steps)", name, info, weights)
+        label = (f"{name} (λ={info['lambda_adv']}, T={info['T']}, {noise}, t*={info['t_star']}, "
+                 f"{info['steps']} steps)")
+        rows(scorer, label, name, info, weights)
+        detectors[name] = detector_model(run_dir, model_json, results[fused_label(label, weights[0], cfg.fusion)])
+    if detectors:
+        write_json_atomic(out / DETECTOR_FILE, detector_record(cfg, data, detectors))
     for name, scorer, info in baseline_scorers(data, run_dir, cfg.baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,
                                                cfg.dae_noise_std, cfg.dae_noise_res, cfg.amp, progress, cfg.residual):
         rows(scorer, BASELINE_LABELS[name], name, info, (0.0,) if info["kind"] == "floor" else weights)

@@ -24,6 +24,18 @@ def model_dir(run_dir: str | Path, model_name: str) -> Path:
     return Path(run_dir).resolve() / "models" / model_name
 
 
+def recorded_checkpoint(model_json: str | Path) -> Path:
+    """The checkpoint a model record (``model.json``) names, as a path: recorded relative to the record's folder, so
+    that a copied or moved run loads its own weights. Records written with an absolute path are read too; the file of
+    that name beside the record wins over the absolute one (the run was copied after training)."""
+    model_json = Path(model_json)
+    recorded = Path(json.loads(model_json.read_text())["checkpoint"])
+    if not recorded.is_absolute():
+        return model_json.parent / recorded
+    beside = model_json.parent / recorded.name
+    return beside if beside.is_file() else recorded
+
+
 def campaign_models_root(campaign_dir: str | Path) -> Path:
     """A lever campaign's models root: its models are ``model_dir(root, "<variant>-s<seed>")``."""
     return Path(campaign_dir).resolve() / "levers"

@@ -354,7 +354,8 @@ def train(cfg: TrainConfig, images: np.ndarray | torch.Tensor, progress: Callabl
     if trainer.rank == 0:
         peak = _peak_memory_mb(trainer.device)
         result["peak_memory_mb"] = peak
-        write_json_atomic(out / "model.json", {"checkpoint": str(out / CHECKPOINT), "config": config_dict(cfg),
+        # the checkpoint relative to model.json's folder: a copied or moved run loads its own weights
+        write_json_atomic(out / "model.json", {"checkpoint": CHECKPOINT, "config": config_dict(cfg),
                                                **{k: v for k, v in result.items() if k != "checkpoint"}})
         write_run_record(out / "run.json", config_dict(cfg), cfg.seed, started, extra={"amp_resolved": trainer.amp})
     return result
