@@ -688,7 +688,8 @@ class BrowseConfig(RunConfig):
 
     The volume is ``browse_model`` / ``browse_set`` / ``browse_volume`` of the maps that 03_evaluate wrote under
     ``run_dir/eval_name`` (an empty ``browse_volume``: the one with the largest lesion), or, when ``nifti_scan`` and
-    ``nifti_map`` are set, those files (with optional mask, reconstruction and brain mask) on one grid.
+    ``nifti_map`` are set, those files (with optional mask, reconstruction and brain mask) on one grid, or, when
+    ``score_dir`` is set, a scan scored by ``python -m addmlib.score`` (one of its per-scan folders).
     ``threshold``: None takes the threshold the evaluation calibrated on healthy brains.
     """
 
@@ -706,9 +707,13 @@ class BrowseConfig(RunConfig):
     nifti_mask: str = ""
     nifti_recon: str = ""
     nifti_brain: str = ""
+    score_dir: str = ""
 
     def check(self) -> None:
         super().check()
+        if self.score_dir and self.nifti_scan:
+            raise ValueError("score_dir (a folder written by python -m addmlib.score) and nifti_scan are two ways to "
+                             "name what to browse: set one")
         if bool(self.nifti_scan) != bool(self.nifti_map):
             raise ValueError("nifti_scan and nifti_map go together: set both to browse your own files, or neither")
         if not self.nifti_scan and (self.nifti_mask or self.nifti_recon or self.nifti_brain):
@@ -723,6 +728,33 @@ class BrowseConfig(RunConfig):
             raise ValueError(f"eval_name {self.eval_name!r} may only hold letters, digits, '_', '.', '-'")
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig(RunConfig):
+    """notebooks/08_score.ipynb (and ``python -m addmlib.score``): score scans you have with the trained, evaluated
+    run ``run_dir`` and browse the result.
+
+    ``scans``: 3-D NIfTI/NRRD files or 2-D axial slices (PNG, one-slice NIfTI); ``masks``: a lesion mask per scan, or
+    none (a ``<stem>_mask.nii.gz`` beside a scan is its mask); ``out_dir``: one folder per scan; ``model``: the
+    evaluated model to score with (empty: the first); ``eval_name``: the evaluation whose threshold is used;
+    ``skull``: whether the scans have their skull ("auto": by the volume of non-background tissue)."""
+
+    run_dir: str = "../outputs/demo"
+    scans: tuple[str, ...] = ()
+    masks: tuple[str, ...] = ()
+    out_dir: str = "../outputs/interactive/score"
+    model: str = ""
+    eval_name: str = "eval"
+    skull: Literal["on", "off", "auto"] = "auto"
+    device: str = "auto"
+
+    def check(self) -> None:
+        super().check()
+        if self.masks and len(self.masks) != len(self.scans):
+            raise ValueError(f"{len(self.masks)} masks for {len(self.scans)} scans: give one per scan, or none")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.eval_name):
+            raise ValueError(f"eval_name {self.eval_name!r} may only hold letters, digits, '_', '.', '-'")
+
+
 NOTEBOOK_CONFIGS: dict[str, type] = {
     "00_method": MethodConfig,
     "01_prepare_data": PrepareConfig,
@@ -732,6 +764,7 @@ NOTEBOOK_CONFIGS: dict[str, type] = {
     "05_browse": BrowseConfig,
     "06_benchmark": BenchConfig,
     "07_levers": LeverConfig,
+    "08_score": ScoreConfig,
 }
 """Notebook stem -> its config."""
 

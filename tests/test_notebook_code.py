@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LEAN = ["01_prepare_data", "02_train", "03_evaluate", "04_ablation", "05_browse", "06_benchmark", "07_levers"]
+LEAN = ["01_prepare_data", "02_train", "03_evaluate", "04_ablation", "05_browse", "06_benchmark", "07_levers", "08_score"]
 MAX_CODE_LINES = 90
 
 

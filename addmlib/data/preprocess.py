@@ -148,7 +148,10 @@ def brain_from_background(vol: Volume, threshold: float | None = None) -> Volume
         raise ValueError("no voxel above the background level: is this volume empty?")
     sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
     mask = labels == (int(np.argmax(sizes)) + 1)
-    mask = ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=2))
+    if mask.shape[2] == 1:  # one slice: closed and filled in-plane (across z the array's ends would erode it away)
+        mask = ndimage.binary_fill_holes(ndimage.binary_closing(mask[:, :, 0], iterations=2))[:, :, None]
+    else:
+        mask = ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=2))
     return replace(vol, brain=mask)
 
 

@@ -236,13 +236,31 @@ class Selection:
     figures: Path
 
 
+def load_scored(folder: str | Path, threshold: float | None = None) -> BrowseVolume:
+    """A scan scored by ``python -m addmlib.score`` (one of its per-scan folders): the scan, its map, reconstruction,
+    brain mask and, where a mask was given, the lesion, on the scan's grid, at the threshold the run calibrated (or
+    ``threshold``)."""
+    folder = Path(folder)
+    path = folder / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: score_dir must be a per-scan folder written by python -m "
+                                f"addmlib.score")
+    summary = json.loads(path.read_text())
+    files = {kind: folder / name for kind, name in summary["files"].items()}
+    return load_nifti_set(files["input"], files["map"], files.get("lesion"), files.get("recon"), files.get("brain"),
+                          id=folder.name, label=f"{summary['model']} · {folder.name} (scored)",
+                          threshold=summary["threshold"] if threshold is None else threshold)
+
+
 def open_for_browsing(run_dir: str | Path, eval_name: str = "eval", model: str = "addm", split: str = "eval_a",
                       volume: str = "", nifti: dict[str, str] | None = None,
-                      threshold: float | None = None) -> Selection:
+                      threshold: float | None = None, score_dir: str = "") -> Selection:
     """A run's maps, starting on ``model`` / ``split`` / ``volume`` (figures to ``<run>/<eval_name>/figures``), or,
-    when ``nifti`` names a ``scan`` and a ``map`` (optionally ``mask``, ``recon``, ``brain``), those files (figures to
-    ``<run>/browse``)."""
+    when ``nifti`` names a ``scan`` and a ``map`` (optionally ``mask``, ``recon``, ``brain``), those files, or, with
+    ``score_dir``, a scan scored by ``addmlib.score`` (``load_scored``; figures to ``<run>/browse`` for both)."""
     run_dir = Path(run_dir)
+    if score_dir:
+        return Selection([load_scored(score_dir, threshold)], 0, None, run_dir / "browse")
     nifti = {k: v for k, v in (nifti or {}).items() if v}
     if nifti:
         vol = load_nifti_set(nifti["scan"], nifti["map"], nifti.get("mask"), nifti.get("recon"), nifti.get("brain"),

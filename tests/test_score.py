@@ -1,0 +1,187 @@
+"""Scoring a scan you have (``python -m addmlib.score``): native-space outputs, skull on and off, 2-D slices, masks and
+their metrics, bad input, relocated runs, and the notebook."""
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+import nibabel as nib
+import numpy as np
+import pytest
+
+from addmlib import pipeline, score
+from addmlib.data.datasets import packaged
+from addmlib.data.io import read_volume
+from addmlib.visualization.volumes import open_for_browsing
+
+ROOT = Path(__file__).resolve().parent.parent
+CI = ROOT / "params" / "ci" / "ci.yaml"
+FAST = {"sample_steps": 1, "eval_noise": "none", "baselines": [], "eval_sets": ["eval_a"], "write_nifti": False}
+"""The ci run evaluated again scoring as the demo does (one network call per slice), on set A alone: what scoring reads
+(detector.json), at a few seconds per scan."""
+
+pytestmark = [pytest.mark.slow, pytest.mark.registry]
+
+
+@pytest.fixture(scope="module")
+def run(ci_run, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("score") / "run"
+    shutil.copytree(ci_run, folder, ignore=shutil.ignore_patterns("notebooks", "maps", "figures"))
+    return pipeline.run(CI, folder, notebooks=["03_evaluate"], overrides=FAST, cell_timeout=600)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> dict[str, Path]:
+    """A brain-only scan (SRI24), the same in another orientation and voxel order, a skull-on tumour scan with its
+    tumour mask beside it (qtim), and a 2-D axial slice as PNG and as a one-slice NIfTI."""
+    folder = tmp_path_factory.mktemp("scans")
+    sri = read_volume(packaged("sri24").image)
+    out = {"brain": folder / "brain.nii.gz", "turned": folder / "turned.nii.gz", "tumour": folder / "tumour.nii.gz",
+           "png": folder / "axial.png", "slice": folder / "slice.nii.gz"}
+    nib.save(sri, out["brain"])
+    data = np.asarray(sri.dataobj)
+    turned = np.ascontiguousarray(np.transpose(data, (2, 0, 1))[::-1])  # axes (z, x, y), z reversed
+    perm = np.zeros((4, 4))
+    perm[0, 1] = perm[1, 2] = perm[2, 0] = perm[3, 3] = 1  # turned voxel (k, i, j) -> original (i, j, k)
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, data.shape[2] - 1
+    nib.save(nib.Nifti1Image(turned, sri.affine @ perm @ flip), out["turned"])
+    qtim = packaged("qtim_tumor2")
+    shutil.copy(qtim.image, out["tumour"])
+    label = nib.load(qtim.lesion)
+    tumour = (np.rint(np.asarray(label.dataobj)) == qtim.lesion_label).astype(np.uint8)
+    nib.save(nib.Nifti1Image(tumour, label.affine), folder / "tumour_mask.nii.gz")
+    mid = np.asarray(nib.as_closest_canonical(sri).dataobj)[:, :, 80]
+    matplotlib.image.imsave(out["png"], np.flipud(mid.T)[:, ::-1], cmap="gray")  # radiological, anterior up
+    nib.save(nib.Nifti1Image(mid[:, :, None], np.diag([1.0, 1.0, 1.0, 1.0])), out["slice"])
+    return out
+
+
+def _ran(argv: list[str], capsys) -> tuple[int, str]:
+    code = score.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_a_volume_without_mask_comes_back_on_its_own_grid_in_any_orientation(run, scans, tmp_path, capsys):
+    from nilearn import image, plotting
+
+    code, err = _ran([run, scans["brain"], scans["turned"], "--out", tmp_path], capsys)
+    assert code == 0, err
+    det = json.loads((run / "eval" / "detector.json").read_text())
+    maps = {}
+    for name in ("brain", "turned"):
+        folder = tmp_path / name
+        summary = json.loads((folder / "summary.json").read_text())
+        src = nib.load(scans[name])
+        for kind in ("map", "flagged", "recon", "brain", "input"):
+            out = nib.load(folder / f"{name}_{kind}.nii.gz")
+            assert out.shape == src.shape and np.allclose(out.affine, src.affine)
+        flagged = np.asarray(nib.load(folder / f"{name}_flagged.nii.gz").dataobj)
+        assert set(np.unique(flagged)) <= {0, 1} and flagged.any()
+        assert summary["threshold"] == det["models"]["addm"]["threshold"] and summary["metrics"] is None
+        assert summary["skull"]["on"] is False and summary["warnings"] == []
+        voxel_ml = abs(np.linalg.det(src.affine[:3, :3])) / 1000
+        assert summary["flagged_ml"] == pytest.approx(flagged.sum() * voxel_ml, abs=1e-3)
+        sizes = [c["voxels"] for c in summary["components"]]
+        assert sizes == sorted(sizes, reverse=True) and sum(sizes) <= flagged.sum()
+        assert (folder / summary["files"]["png"]).stat().st_size > 10_000
+        maps[name] = folder / f"{name}_map.nii.gz"
+    # the same brain in another voxel order: the same map in the world
+    on_brain = image.resample_to_img(str(maps["turned"]), str(scans["brain"]), interpolation="nearest",
+                                     force_resample=True, copy_header=True)
+    a, b = np.asarray(nib.load(maps["brain"]).dataobj), np.asarray(on_brain.dataobj)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+    display = plotting.plot_stat_map(str(maps["brain"]), bg_img=str(scans["brain"]), display_mode="z", cut_coords=3)
+    display.savefig(tmp_path / "overlay.png")
+    display.close()
+    assert (tmp_path / "overlay.png").stat().st_size > 0
+
+
+def test_skull_on_with_a_mask_beside_the_scan_gives_its_metrics(run, scans, tmp_path, capsys):
+    code, err = _ran([run, scans["tumour"], "--out", tmp_path], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "tumour" / "summary.json").read_text())
+    assert summary["skull"]["on"] is True and summary["skull"]["non_background_ml"] > score.SKULL_HEAD_ML
+    assert summary["mask"].endswith("tumour_mask.nii.gz")
+    m = summary["metrics"]
+    assert m["lesion_voxels_scored"] > 0 and 0 <= m["dice"] <= 1 and 0.5 < m["auroc"] <= 1 and 0 < m["auprc"] <= 1
+    lesion = nib.load(tmp_path / "tumour" / "tumour_lesion.nii.gz")
+    assert lesion.shape == nib.load(scans["tumour"]).shape and np.asarray(lesion.dataobj).any()
+    sel = open_for_browsing(run, score_dir=str(tmp_path / "tumour"))
+    vol = sel.entries[0]
+    assert vol.threshold == summary["threshold"] and vol.lesion is not None and vol.lesion.any()
+
+
+def test_two_d_slices_png_and_one_slice_nifti(run, scans, tmp_path, capsys):
+    code, err = _ran([run, scans["png"], scans["slice"], "--skull", "off", "--out", tmp_path], capsys)
+    assert code == 0, err
+    for name, shape in (("slice", nib.load(scans["slice"]).shape), ("axial", None)):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["input"]["two_d"] is True and summary["slices_scored"] == 1
+        amap = nib.load(tmp_path / name / f"{name}_map.nii.gz")
+        assert amap.shape[2] == 1 and np.asarray(amap.dataobj).any()
+        if shape:
+            assert amap.shape == shape
+    png = json.loads((tmp_path / "axial" / "summary.json").read_text())
+    assert png["depth_contrast"] > score.DEPTH_CONTRAST_LIMIT
+
+
+def test_an_inverted_contrast_is_warned_about(run, scans, tmp_path, capsys):
+    img = nib.load(scans["slice"])
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    inverted = np.where(data > 0, data.max() - data, 0)
+    nib.save(nib.Nifti1Image(inverted, img.affine), tmp_path / "inverted.nii.gz")
+    code, err = _ran([run, tmp_path / "inverted.nii.gz", "--out", tmp_path / "out"], capsys)
+    assert code == 0 and "far from the training data" in err
+    summary = json.loads((tmp_path / "out" / "inverted" / "summary.json").read_text())
+    assert summary["depth_contrast"] < score.DEPTH_CONTRAST_LIMIT and summary["warnings"]
+
+
+@pytest.mark.parametrize("case", ["missing", "format", "corrupt", "no_threshold", "no_model", "no_run"])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(case, run, scans, tmp_path, capsys):
+    scan, run_dir = scans["brain"], run
+    if case == "missing":
+        scan = tmp_path / "nowhere.nii.gz"
+    elif case == "format":
+        scan = tmp_path / "notes.txt"
+        scan.write_text("not a scan")
+    elif case == "corrupt":
+        scan = tmp_path / "broken.nii.gz"
+        scan.write_bytes(scans["brain"].read_bytes()[:5000])
+    elif case in ("no_threshold", "no_model"):
+        run_dir = tmp_path / "copy"
+        shutil.copytree(run, run_dir, ignore=shutil.ignore_patterns("data", "notebooks"))
+        (run_dir / ("eval/detector.json" if case == "no_threshold" else "models/addm/checkpoint.pt")).unlink()
+    else:
+        run_dir = tmp_path / "no-run"
+    code, err = _ran([run_dir, scan, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    named = {"missing": "nowhere.nii.gz", "format": "notes.txt", "corrupt": "broken.nii.gz",
+             "no_threshold": "--notebooks 03_evaluate", "no_model": "--notebooks 02_train", "no_run": "no-run"}
+    assert named[case] in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_copied_run_scores_with_its_own_weights(run, scans, tmp_path, capsys):
+    record = json.loads((run / "models" / "addm" / "model.json").read_text())
+    assert record["checkpoint"] == "checkpoint.pt"
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    shutil.copytree(run, original, ignore=shutil.ignore_patterns("data", "notebooks"))
+    shutil.copytree(original, copy)
+    # an older record names its checkpoint by absolute path: the copy's own file wins
+    (copy / "models" / "addm" / "model.json").write_text(json.dumps(
+        {**record, "checkpoint": str(original / "models" / "addm" / "checkpoint.pt")}))
+    shutil.rmtree(original)
+    code, err = _ran([copy, scans["slice"], "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "slice" / "summary.json").read_text())
+    assert Path(summary["checkpoint"]) == (copy / "models" / "addm" / "checkpoint.pt").resolve()
+
+
+def test_the_notebook_scores_and_browses(run, scans, tmp_path):
+    out = tmp_path / "08_score.ipynb"
+    pipeline.execute_notebook(ROOT / "notebooks" / "08_score.ipynb", out,
+                              {"run_dir": str(run), "scans": [str(scans["slice"])], "out_dir": str(tmp_path / "out"),
+                               "skull": "off"}, cell_timeout=600)
+    assert (tmp_path / "out" / "slice" / "summary.json").is_file()
