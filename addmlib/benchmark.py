@@ -301,6 +301,27 @@ def case_volume(device: torch.device, size: int, base: int, mult: Sequence[int],
             "params": count_params(net), "peak_memory_mb": _peak_memory_mb(device)}
 
 
+def case_score(device: torch.device, run_dir: str, source: str = "sri24", skull: str = "auto") -> dict[str, Any]:
+    """Wall time of scoring one embedded scan (``source``, a packaged source's name) as ``python -m addmlib.score``
+    does, with the trained and evaluated run ``run_dir`` (the demo's: ``make demo``), into a temporary folder:
+    preparation (deepbet where the skull is on; its mask is cached per scan, so only a first run pays for it), every
+    selected slice, the native-space files, the PNG and the summary."""
+    import tempfile
+
+    from .data.datasets import packaged
+    from .score import score_scans
+
+    scan = packaged(source).image
+    with tempfile.TemporaryDirectory(prefix="addm-bench-score-") as out:
+        t0 = time.perf_counter()
+        (summary,) = score_scans(run_dir, [scan], out, skull=skull, device=device.type,  # type: ignore[arg-type]
+                                 threads=torch.get_num_threads())
+        wall = time.perf_counter() - t0
+    return {"wall_s": round(wall, 2), "slices": summary["slices_scored"],
+            "s_per_slice": round(wall / summary["slices_scored"], 4), "skull_on": summary["skull"]["on"],
+            "native_shape": summary["input"]["shape"], "peak_memory_mb": _peak_memory_mb(device)}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # plans: which cases the benchmark notebook runs, and how the fast path is chosen from the measurements
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,8 +437,18 @@ def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str,
 
 
 
+def score_cases(cfg: Any, sources: Sequence[str] = ("sri24", "qtim_tumor2")) -> list[dict[str, Any]]:
+    """One scan of each of ``sources`` (brain only, and skull on) scored with the evaluated run ``quality_run_dir``
+    as ``python -m addmlib.score`` does; none when the run has no ``eval/detector.json`` (``make demo`` first)."""
+    run = Path(cfg.quality_run_dir).resolve()
+    if not (run / "eval" / "detector.json").is_file():
+        return []
+    return [{"case": "score", "threads": cfg.threads, "device": cfg.device, "run_dir": str(run), "source": source,
+             "label": f"score a scan ({source}) with {run.name}"} for source in sources]
+
+
 CASES: dict[str, Callable[..., dict[str, Any]]] = {"peak": case_peak, "train": case_train, "denoise": case_denoise,
-                                                    "volume": case_volume}
+                                                    "volume": case_volume, "score": case_score}
 
 
 def run_case_here(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .cli import USAGE_ERROR, ArgumentParser, one_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-NARRATIVE = ("intro", "method", "data", "scaling", "bad-input")
+NARRATIVE = ("intro", "method", "data", "scaling", "own-scan", "bad-input")
 RESULTS = ("detection", "paper-claims", "speed")  # docs/results/<name>.md, with their figures in docs/results/figures
 REQUIRED = ("05_browse",)
 VENDOR = {  # npm package path -> path under _static/vendor (folders copied whole, minus source maps)
@@ -159,7 +159,7 @@ def _toc(run: Sequence[str], extra: Sequence[str], titles: dict[str, str] | None
         parts.append({"caption": "Studies", "chapters": [_entry(n, titles) for n in extra]})
     parts.append({"caption": "Results", "chapters": [{"file": f"results/{n}"} for n in RESULTS]})
     parts.append({"caption": "Using the workbench", "chapters": [{"file": "data"}, {"file": "scaling"},
-                                                                 {"file": "bad-input"}]})
+                                                                 {"file": "own-scan"}, {"file": "bad-input"}]})
     return {"format": "jb-book", "root": "intro", "parts": parts}
 
 

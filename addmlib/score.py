@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .cli import ArgumentParser, run_main
 from .config import ConfigError
 from .data.datasets import Subject
-from .data.io import MIN_MASK_OVERLAP, VolumeError, read_mask, read_volume
+from .data.io import MIN_MASK_OVERLAP, VolumeError, check_mask_overlap, read_mask, read_volume
 from .data.prepare import EmptyMaskError, PreparedVolume, prepare_subject
 from .data.preprocess import (Volume, brain_from_background, match_landmarks, preprocess,
                               select_slices)
@@ -203,15 +203,16 @@ def mask_beside(scan: Path) -> Path | None:
     return None
 
 
-def check_input(scan: Path, mask: Path | None) -> nib.Nifti1Image:
-    """The scan as read (3-D volume or 2-D slice), the mask readable too; a VolumeError naming the file otherwise."""
+def check_input(scan: Path, mask: Path | None, min_overlap: float = MIN_MASK_OVERLAP) -> nib.Nifti1Image:
+    """The scan as read (3-D volume or 2-D slice), the mask readable and inside the scan's field of view; a
+    VolumeError naming the file(s) otherwise."""
     if not scan.is_file():
         raise VolumeError(f"{scan}: file not found")
     if not scan.name.lower().endswith(VOLUME_SUFFIXES + SLICE_SUFFIXES):
         raise VolumeError(f"{scan}: unknown format (expected .nii, .nii.gz, .nrrd, .nhdr, or .png for a 2-D slice)")
     img = read_slice(scan) if is_slice_file(scan) else read_volume(scan)
     if mask is not None:
-        read_slice(mask) if is_slice_file(mask) else read_mask(mask)
+        check_mask_overlap(read_slice(mask) if is_slice_file(mask) else read_mask(mask), mask, img, scan, min_overlap)
     return img
 
 
@@ -483,7 +484,8 @@ def score_scans(run_dir: str | Path, scans: Sequence[str | Path], out: str | Pat
         raise ScoreInputError(f"two scans share a name ({', '.join(sorted({s for s in stems if stems.count(s) > 1}))}"
                               f"): their outputs would overwrite each other")
     try:
-        images = [check_input(p, m) for p, m in zip(paths, mask_paths)]
+        min_overlap = float(det.record["prepare"].get("min_mask_overlap", MIN_MASK_OVERLAP))
+        images = [check_input(p, m, min_overlap) for p, m in zip(paths, mask_paths)]
     except VolumeError as exc:
         raise ScoreInputError(str(exc)) from None
     sc, prep = det.record["scoring"], det.record["prepare"]

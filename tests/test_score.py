@@ -138,7 +138,8 @@ def test_an_inverted_contrast_is_warned_about(run, scans, tmp_path, capsys):
     assert summary["depth_contrast"] < score.DEPTH_CONTRAST_LIMIT and summary["warnings"]
 
 
-@pytest.mark.parametrize("case", ["missing", "format", "corrupt", "no_threshold", "no_model", "no_run"])
+@pytest.mark.parametrize("case", ["missing", "format", "corrupt", "mask_elsewhere", "no_threshold", "no_model",
+                                  "no_run"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(case, run, scans, tmp_path, capsys):
     scan, run_dir = scans["brain"], run
     if case == "missing":
@@ -149,6 +150,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, run, scans, tmp_
     elif case == "corrupt":
         scan = tmp_path / "broken.nii.gz"
         scan.write_bytes(scans["brain"].read_bytes()[:5000])
+    elif case == "mask_elsewhere":
+        img = nib.load(scans["brain"])
+        shifted = img.affine.copy()
+        shifted[:3, 3] += 1000.0
+        nib.save(nib.Nifti1Image(np.ones(img.shape, np.uint8), shifted), tmp_path / "brain_mask.nii.gz")
+        scan = tmp_path / "brain.nii.gz"
+        shutil.copy(scans["brain"], scan)
     elif case in ("no_threshold", "no_model"):
         run_dir = tmp_path / "copy"
         shutil.copytree(run, run_dir, ignore=shutil.ignore_patterns("data", "notebooks"))
@@ -158,6 +166,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, run, scans, tmp_
     code, err = _ran([run_dir, scan, "--out", tmp_path / "out"], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
     named = {"missing": "nowhere.nii.gz", "format": "notes.txt", "corrupt": "broken.nii.gz",
+             "mask_elsewhere": "brain_mask.nii.gz",
              "no_threshold": "--notebooks 03_evaluate", "no_model": "--notebooks 02_train", "no_run": "no-run"}
     assert named[case] in err
     assert not (tmp_path / "out").exists()
