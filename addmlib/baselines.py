@@ -125,6 +125,14 @@ def intensity_floor(volume: np.ndarray, slices: np.ndarray) -> tuple[np.ndarray,
     return rec, err, err ** 2
 
 
+def dark_floor(volume: np.ndarray, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The dark floor: x_hat = +1 (the brightest value), so |x - x_hat| = 1 - x: dark = anomalous."""
+    rec = np.ones(volume.shape, dtype=np.float32)
+    err = np.zeros(volume.shape, dtype=np.float32)
+    err[:, :, slices] = 1.0 - volume[:, :, slices]
+    return rec, err, err ** 2
+
+
 def median_floor(volume: np.ndarray, slices: np.ndarray,
                  brain: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """|x - median of the brain| on the scored slices: deviation from the typical tissue, either polarity."""

@@ -294,6 +294,16 @@ class PrepareConfig(RunConfig):
     and one pasted tumour per donor), each time at new places, so that the tuning split holds enough lesions to rank
     settings; the other splits do not change with it. ``eval_b_draws``: the same for set B's hosts (a larger set B, for
     the report: its first draw, and every other split, stay as they were).
+
+    ``ixi``: the embedded IXI mid-axial population (``data/ixi.py``): "" none; "benchmark" its calibration, tuning
+    and test slices (``ixi_calib``, ``ixi_tune``, ``ixi_test``; each healthy slice ``ixi_draws`` times, a lesion of
+    one of four kinds each time); "train" those and its training individuals in ``train`` (the first
+    ``ixi_train_max`` of them; 0: all). ``lesion_mix``: the lesions of set B and the tuning hosts, "legacy"
+    (hypo/hyper ellipsoids and pasted tumours) or "kinds" (``data/lesion_kinds.py``: hypo, ring, hyper, iso in equal
+    numbers, as on the IXI slices; ``lesions_per_host`` of them per host, a multiple of 4 gives each kind alike).
+    ``slices_root``: a folder of 2-D slices with lesion masks (``<stem>.png`` / ``<stem>.nii.gz`` and
+    ``<stem>_mask.<ext>``), the split ``slices_test``, prepared like the IXI slices (``slices_skull``: skull on; a PNG's
+    pixel size ``slices_spacing_mm``) and calibrated on ``ixi_calib`` (so it needs ``ixi``).
     """
 
     image_size: int = 64
@@ -317,10 +327,24 @@ class PrepareConfig(RunConfig):
     allow_empty_masks: bool = False
     tune_draws: int = 1
     eval_b_draws: int = 1
+    ixi: Literal["", "benchmark", "train"] = ""
+    ixi_draws: int = 4
+    ixi_train_max: int = 0
+    lesion_mix: Literal["legacy", "kinds"] = "legacy"
+    slices_root: str = ""
+    slices_skull: bool = True
+    slices_spacing_mm: float = 1.0
 
     def check(self) -> None:
         super().check()
-        for name in ("tune_draws", "eval_b_draws"):
+        if self.slices_root and not self.ixi:
+            raise ValueError("slices_root needs ixi ('benchmark' or 'train'): its slices are calibrated on the IXI "
+                             "calibration individuals")
+        if self.slices_spacing_mm <= 0:
+            raise ValueError(f"slices_spacing_mm must be > 0, got {self.slices_spacing_mm}")
+        if self.ixi_train_max < 0:
+            raise ValueError(f"ixi_train_max must be >= 0 (0: every IXI training slice), got {self.ixi_train_max}")
+        for name in ("tune_draws", "eval_b_draws", "ixi_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size < 16 or self.image_size % 8:
@@ -464,13 +488,14 @@ class EvalConfig(DepthConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.fpr < 1:
             raise ValueError(f"fpr must be in (0, 1), got {self.fpr}")
-        bad = [s for s in self.eval_sets if s not in ("eval_a", "eval_b", "tune")]
+        sets = ("eval_a", "eval_b", "tune", "ixi_tune", "ixi_test", "slices_test")
+        bad = [s for s in self.eval_sets if s not in sets]
         if bad or not self.eval_sets:
-            raise ValueError(f"eval_sets must be a non-empty list of 'eval_a', 'eval_b', 'tune'; "
+            raise ValueError(f"eval_sets must be a non-empty list of {', '.join(repr(s) for s in sets)}; "
                              f"got {list(self.eval_sets)}")
         if not self.models and not self.baselines:
             raise ValueError("nothing to evaluate: models and baselines are both empty")
-        known = ("floor_intensity", "floor_median", "ae", "dae")
+        known = ("floor_intensity", "floor_dark", "floor_median", "ae", "dae")
         bad = [b for b in self.baselines if b not in known]
         if bad:
             raise ValueError(f"baselines {bad} unknown; choose from {list(known)}")
@@ -621,12 +646,15 @@ class LeverConfig(RunConfig):
     such campaigns (relative to the repository), whose summaries the notebook shows beside this one's;
     ``models_from``: the run folder (relative to the repository) of a campaign whose finished models this one scores
     on its own data instead of training them (same variants and training data, e.g. more tuning draws:
-    ``base_overrides: {tune_draws: 6}``); the models must have been trained there."""
+    ``base_overrides: {tune_draws: 6}``); the models must have been trained there. ``tune_split``: the split scored,
+    "tune" (lesions in the tuning hosts, calibrated on ``val_healthy``) or "ixi_tune" (the IXI tuning slices,
+    calibrated on ``ixi_calib``; the base parameters must set ``ixi``)."""
 
     run_dir: str = "../outputs/levers"
     base_params: tuple[str, ...] = ("params/demo.yaml",)
     base_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     tune_hosts: tuple[str, ...] = ("itk_t1",)
+    tune_split: Literal["tune", "ixi_tune"] = "tune"
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"gaussian": {}})
     scorings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"default": {}})
     variant_scorings: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)

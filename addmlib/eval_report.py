@@ -48,14 +48,60 @@ def metrics_table(results: Results, split: str, fpr: float) -> str:
 
 def lesion_kind(volume_id: str) -> str:
     """What a volume's lesion is, from its id: ``<host>+synthetic<i>-<polarity>[-draw<k>]`` is "synthetic <polarity>",
-    ``<host>+pasted-<donor>[-draw<k>]`` is "pasted <donor>"; any other id (a real tumour scan) is its own kind."""
+    ``<host>+pasted-<donor>[-draw<k>]`` is "pasted <donor>", ``<host>+<kind><i>[-draw<k>]`` and
+    ``<subject>+<kind>-d<k>`` (``lesion_kinds``) are the kind; any other id (a real tumour scan) is its own kind."""
     if "+" not in volume_id:
         return volume_id
-    lesion = re.sub(r"-draw\d+$", "", volume_id.split("+", 1)[1])
+    lesion = re.sub(r"-(draw|d)\d+$", "", volume_id.split("+", 1)[1])
     if lesion.startswith("pasted-"):
         return f"pasted {lesion[len('pasted-'):]}"
     match = re.fullmatch(r"synthetic\d+-(\w+)", lesion)
-    return f"synthetic {match.group(1)}" if match else lesion
+    if match:
+        return f"synthetic {match.group(1)}"
+    return re.sub(r"\d+$", "", lesion)
+
+
+FLOORS = ("floor_intensity", "floor_dark", "floor_median")
+FLOOR_NAMES = {"floor_intensity": "bright", "floor_dark": "dark", "floor_median": "two-sided"}
+"""The trivial floors: bright (x), dark (-x), two-sided (|x - brain median|)."""
+
+
+def best_floor(results: Results, split: str, key: str | None = None) -> tuple[str, float, float] | None:
+    """The floor with the highest AUPRC on ``split`` (pooled, or on lesion kind ``key``): (label, AUPRC, AUROC); None
+    when no floor was scored."""
+    best = None
+    for name in FLOORS:
+        label = BASELINE_LABELS[name]
+        if label not in results or split not in results[label]:
+            continue
+        res = results[label][split]
+        m = res["pooled"] if key is None else res.get("by_kind", {}).get(key)
+        if m is not None and (best is None or m["auprc"] > best[1]):
+            best = (label, float(m["auprc"]), float(m["auroc"]))
+    return best
+
+
+def kind_table(results: Results, split: str) -> str:
+    """Markdown: per map, pooled AUROC and AUPRC and the AUPRC pooled over each lesion kind's volumes (``by_kind``),
+    with the best floor of each column (bright, dark or two-sided: whichever is highest there) as the last row."""
+    scored = {label: res for label, res in results.items() if split in res}
+    if not scored:
+        raise ValueError(f"no result holds the split {split!r}")
+    kinds = sorted({k for res in scored.values() for k in res[split].get("by_kind", {})})
+    rows = ["| map | AUROC | AUPRC | " + " | ".join(f"AUPRC {k}" for k in kinds) + " |",
+            "|---" * (len(kinds) + 3) + "|"]
+    for label, res in scored.items():
+        by = res[split].get("by_kind", {})
+        rows.append(f"| {_label_cell(label)} | {_fmt(res[split]['pooled']['auroc'])} | "
+                    f"{_fmt(res[split]['pooled']['auprc'])} | "
+                    + " | ".join(_fmt(by[k]["auprc"]) if k in by else "–" for k in kinds) + " |")
+    best = [best_floor(results, split)] + [best_floor(results, split, k) for k in kinds]
+    if best[0] is not None:
+        short = {BASELINE_LABELS[n]: n for n in FLOORS}
+        cells = [f"{_fmt(b[1])} ({FLOOR_NAMES[short[b[0]]]})" if b else "–" for b in best]
+        rows.append(f"| **best floor** | {_fmt(best[0][2])} | " + " | ".join(cells) + " |")
+    return (f"**{SPLIT_TITLES.get(split, split)}, by lesion kind** — AUPRC pooled over the voxels of each kind's "
+            f"slices or volumes; the best floor per column last.\n\n" + "\n".join(rows))
 
 
 def lesion_kind_table(results: Results, split: str) -> str:
@@ -143,7 +189,6 @@ def reading(results: Results, infos: Mapping[str, Mapping[str, Any]], splits: Se
     addm = [label for label in diffusion if infos[label]["lambda_adv"] > 0]
     ddpm = [label for label in diffusion if infos[label]["lambda_adv"] == 0]
     weight = {label: infos[label].get("intensity_weight", 0.0) for label in diffusion}
-    floor = BASELINE_LABELS["floor_intensity"]
     for split in splits:
         for a in addm:
             for d in (d for d in ddpm if weight[d] == weight[a]):  # the same map against the same map
@@ -152,16 +197,17 @@ def reading(results: Results, infos: Mapping[str, Mapping[str, Any]], splits: Se
                 word = verdict(pa - pd, max(sa, sd), spread_name="per-volume spread")
                 lines.append(f"- {split}: {a} pooled AUPRC {pa:.3f} vs {d} {pd:.3f} → ADDM vs DDPM: **{word}** "
                              f"(per-volume AUPRC {ma:.3f} ± {sa:.3f} vs {md:.3f} ± {sd:.3f}).")
-        if floor not in results:
+        best = best_floor(results, split)
+        if best is None:
             continue
-        f = results[floor][split]["pooled"]
+        floor, f_auprc, f_auroc = best
         for label in results:
-            if label == floor:
+            if label in (BASELINE_LABELS[n] for n in FLOORS):
                 continue
             p = results[label][split]["pooled"]
-            beats = "beats" if p["auprc"] > f["auprc"] else "does **not** beat"
-            lines.append(f"- {split}: {label} {beats} the intensity floor (AUPRC {p['auprc']:.3f} vs "
-                         f"{f['auprc']:.3f}, AUROC {p['auroc']:.3f} vs {f['auroc']:.3f}).")
+            beats = "beats" if p["auprc"] > f_auprc else "does **not** beat"
+            lines.append(f"- {split}: {label} {beats} the best floor, {floor} (AUPRC {p['auprc']:.3f} vs "
+                         f"{f_auprc:.3f}, AUROC {p['auroc']:.3f} vs {f_auroc:.3f}).")
     fused = sorted({w for label in results if (w := infos[label].get("intensity_weight", 0.0))})
     if fused:
         lines.append(f"- A map fused with the intensity (w = {', '.join(f'{w:g}' for w in fused)}) holds the floor's "
@@ -172,3 +218,33 @@ def reading(results: Results, infos: Mapping[str, Mapping[str, Any]], splits: Se
                         else ""))
     return ("One training seed per model, one evaluation seed; the spread is across volumes, not seeds (the ablation "
             "and lever notebooks repeat training over seeds).\n\n" + "\n".join(lines))
+
+
+def kind_figure(scored: Mapping[str, Sequence[ScoredVolume]], kind: str, examples: int = 3) -> plt.Figure | None:
+    """Lesions of one ``kind`` (``meta["lesion_kind"]``), the first ``examples`` volumes with it (rows): the input
+    with the lesion outlined, then each map's reconstruction and map at the slice with the most lesion. A healed
+    lesion comes back in the reconstruction as the tissue around it; a copied one comes back as it is. None when no
+    volume has that kind."""
+    labels = [label for label in scored if scored[label]]
+    if not labels:
+        return None
+    picks = [i for i, v in enumerate(scored[labels[0]]) if v.volume.meta.get("lesion_kind") == kind][:examples]
+    if not picks:
+        return None
+    cols = 1 + 2 * len(labels)
+    fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 2.0 * len(picks)), squeeze=False)
+    for r, i in enumerate(picks):
+        ref = scored[labels[0]][i]
+        k = int(np.argmax(ref.lesion.sum((0, 1))))
+        show_slice(axes[r, 0], ref.image[:, :, k], title=f"{kind}: {ref.id}", contour=ref.lesion[:, :, k],
+                   contour_colour="r")
+        for j, label in enumerate(labels):
+            v = scored[label][i]
+            short = label.split(" (")[0]
+            vmax = float(np.percentile(v.amap[v.brain], 99.5)) if v.brain.any() else 1.0
+            show_slice(axes[r, 1 + 2 * j], v.reconstruction[:, :, k], title=f"{short}: recon" if r == 0 else None,
+                       contour=v.lesion[:, :, k], contour_colour="c")
+            show_slice(axes[r, 2 + 2 * j], v.amap[:, :, k], cmap="inferno", vmin=0, vmax=max(vmax, 1e-6),
+                       title=f"{short}: map" if r == 0 else None, contour=v.lesion[:, :, k], contour_colour="c")
+    fig.tight_layout()
+    return fig

@@ -28,9 +28,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .baselines import ae_error_maps, dae_error_maps, intensity_floor, median_floor, train_autoencoder, train_dae
+from .baselines import (ae_error_maps, dae_error_maps, dark_floor, intensity_floor, median_floor, train_autoencoder,
+                        train_dae)
 from .config import EvalConfig
-from .data.prepare import PreparedDataset, PreparedVolume
+from .data.prepare import CALIBRATION_SPLIT, PreparedDataset, PreparedVolume
 from .data.preprocess import LANDMARK_PERCENTILES
 from .detect import fast_denoiser, score_volume, to_native_nifti
 from .diffusion import GaussianDiffusion, SamplerName, resolve_steps
@@ -255,9 +256,11 @@ def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostPr
             anoddpm: bool = True) -> dict[str, Any]:
     """Pooled and per-volume/per-slice metrics of one evaluation set, each volume at ``thresholds[id]``; ``by_host``:
     AUROC, AUPRC and best Dice pooled over the volumes of each host brain (lesions inserted into a host; a set whose
-    volumes name no host has none), so that a split of several hosts shows whether they agree."""
+    volumes name no host has none), so that a split of several hosts shows whether they agree; ``by_kind`` the same
+    per lesion kind (``meta["lesion_kind"]``: hypo, ring, hyper, iso; none for real tumours)."""
     pooled = BinnedScores(*SCORE_RANGE)
     hosts: dict[str, BinnedScores] = {}
+    kinds: dict[str, BinnedScores] = {}
     tp = fp = fn = 0
     per_volume, per_slice_dice, slice_auc, a_counts = [], [], [], [0, 0, 0]
     for v in scored:
@@ -270,6 +273,8 @@ def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostPr
         pooled.update(v.amap, v.lesion, region)
         if v.volume is not None and (host := v.volume.meta.get("host")) is not None:
             hosts.setdefault(host, BinnedScores(*SCORE_RANGE)).update(v.amap, v.lesion, region)
+        if v.volume is not None and (kind := v.volume.meta.get("lesion_kind")) is not None:
+            kinds.setdefault(kind, BinnedScores(*SCORE_RANGE)).update(v.amap, v.lesion, region)
         per_volume.append({"id": v.id, **overlap_metrics(*c[:3]), "auroc": hist.auroc(), "auprc": hist.auprc(),
                            "best_dice": hist.best_dice()[0], "lesion_voxels": int(v.lesion.sum()),
                            "threshold": thresholds[v.id], "warnings": hist.warnings()})
@@ -295,6 +300,8 @@ def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostPr
         "per_volume": per_volume,
         "by_host": {h: {"auroc": b.auroc(), "auprc": b.auprc(), "best_dice": b.best_dice()[0],
                         "lesion_voxels": int(b.pos.sum())} for h, b in sorted(hosts.items())},
+        "by_kind": {k: {"auroc": b.auroc(), "auprc": b.auprc(), "best_dice": b.best_dice()[0],
+                        "lesion_voxels": int(b.pos.sum())} for k, b in sorted(kinds.items())},
         "per_volume_summary": {k: mean_std([p[k] for p in per_volume])
                                for k in ("dice", "iou", "precision", "recall", "auroc", "auprc", "best_dice")},
         "per_slice_dice": mean_std(per_slice_dice) + (len(per_slice_dice),),
@@ -343,7 +350,11 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
                    progress: Callable[..., Any] | None = None,
                    intensity_weight: float = 0.0, fusion: FusionRule = "sum",
                    fusion_quantile: float = FUSION_QUANTILE) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
-    """Calibrate on ``val_healthy``, then measure each set; returns (metrics, scored volumes per split).
+    """Calibrate on each set's healthy split (``CALIBRATION_SPLIT``: ``ixi_calib`` for the IXI sets, else
+    ``val_healthy``), then measure each set; returns (metrics, scored volumes per split). The calibration of
+    ``val_healthy`` (or, without a set it calibrates, the first one) is at the top level of the metrics
+    (``threshold``, ``thresholds_without_host``, ``intensity_fusion``); every calibration is under ``calibration``,
+    keyed by its healthy split.
 
     ``intensity_weight`` w > 0 fuses every map with the input's intensity before post-processing (``fuse_intensity``:
     before the median filter, voxels ranked by z(r) + w z(x), z-scores over the healthy brains); ``fusion`` "max"
@@ -351,7 +362,33 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
     ``fusion_quantile`` (``fusion_params``). A set-B volume of host h is fused on the healthy brains other than h, and
     thresholded on those brains fused the same way, so nothing of h's own scan reaches its map's scale or its
     threshold; the other sets (and the healthy maps themselves) use all healthy brains."""
-    healthy = score_split(scorer, data.volumes("val_healthy"), slice_stride, pp, progress)
+    if fusion != "sum" and not intensity_weight:
+        raise ValueError(f"fusion {fusion!r} needs an intensity_weight > 0 (it combines the fused map and the "
+                         f"residual)")
+    groups: dict[str, list[str]] = {}
+    for split in eval_sets:
+        groups.setdefault(CALIBRATION_SPLIT.get(split, "val_healthy"), []).append(split)
+    results: dict[str, Any] = {"calibration": {}}
+    scored: dict[str, list[ScoredVolume]] = {}
+    for healthy_split, sets in (groups or {"val_healthy": []}).items():
+        res, sc = _evaluate_calibrated(scorer, data, healthy_split, sets, slice_stride, fpr, pp, anoddpm, maps_dir,
+                                       progress, intensity_weight, fusion, fusion_quantile)
+        calibration = {k: res.pop(k) for k in ("threshold", "fpr_target", "thresholds_without_host",
+                                               "intensity_fusion") if k in res}
+        results["calibration"][healthy_split] = calibration
+        if healthy_split == "val_healthy" or "threshold" not in results:
+            results.update(calibration)
+        results.update(res)
+        scored.update(sc)
+    return results, scored
+
+
+def _evaluate_calibrated(scorer: Scorer, data: PreparedDataset, healthy_split: str, eval_sets: Sequence[str],
+                         slice_stride: int, fpr: float, pp: PostProcessing, anoddpm: bool, maps_dir: Path | None,
+                         progress: Callable[..., Any] | None, intensity_weight: float, fusion: FusionRule,
+                         fusion_quantile: float) -> tuple[dict[str, Any], dict[str, list[ScoredVolume]]]:
+    """``evaluate_model`` for the sets that ``healthy_split`` calibrates."""
+    healthy = score_split(scorer, data.volumes(healthy_split), slice_stride, pp, progress)
     results: dict[str, Any] = {}
     memo: dict[str | None, FusionParams] = {}
 
@@ -364,22 +401,20 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
         moments = healthy_moments(healthy, pp)
         results["intensity_fusion"] = {"weight": intensity_weight, "rule": fusion,
                                        "scale": round(params(None).scale, 6),
-                                       "val_healthy": fuse_split(healthy, params, pp, True)}
+                                       healthy_split: fuse_split(healthy, params, pp, True)}
         if fusion == "max":
             results["intensity_fusion"]["quantile"] = fusion_quantile
-    elif fusion != "sum":
-        raise ValueError(f"fusion {fusion!r} needs an intensity_weight > 0 (it combines the fused map and the "
-                         f"residual)")
     hists = healthy_histograms(healthy)
     threshold = calibrate(hists, fpr)
-    without_host = {h: calibrate(hists, fpr, exclude=h) for h in hists}
-    if intensity_weight:  # recalibrate each leave-one-host-out threshold on the fusion its set-B volumes get
+    # leave-one-host-out: set B's hosts are healthy brains of val_healthy; an IXI set's slices are other individuals
+    without_host = {h: calibrate(hists, fpr, exclude=h) for h in hists} if healthy_split == "val_healthy" else {}
+    if intensity_weight and without_host:  # recalibrate each leave-one-host-out threshold on the fusion its set-B volumes get
         for h in hists:
             others = [v for v in healthy if v.id != h]
             without_host[h] = calibrate(healthy_histograms(others, {v.id: fused_map(v, params(h), pp)
                                                                     for v in others}), fpr)
     results.update({"threshold": threshold, "fpr_target": fpr, "thresholds_without_host": without_host})
-    scored = {"val_healthy": healthy}
+    scored = {healthy_split: healthy}
     for split in eval_sets:
         vols = score_split(scorer, data.volumes(split), slice_stride, pp, progress)
         if intensity_weight:
@@ -395,7 +430,8 @@ def evaluate_model(scorer: Scorer, data: PreparedDataset, eval_sets: Iterable[st
     return results, scored
 
 
-BASELINE_LABELS = {"floor_intensity": "intensity floor (x itself)", "floor_median": "floor |x − brain median|",
+BASELINE_LABELS = {"floor_intensity": "intensity floor (x itself)", "floor_dark": "dark floor (−x)",
+                   "floor_median": "floor |x − brain median|",
                    "ae": "AE (spatial), ours", "dae": "DAE (coarse noise), ours"}
 """Maps folder name -> row label of every non-diffusion baseline."""
 
@@ -420,6 +456,9 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
         if name == "floor_intensity":
             out.append((name, lambda vol, slices: intensity_floor(vol.image, slices),
                         {"kind": "floor", "map": "x + 1 (the input's intensity)"}))
+        elif name == "floor_dark":
+            out.append((name, lambda vol, slices: dark_floor(vol.image, slices),
+                        {"kind": "floor", "map": "1 - x (dark = anomalous)"}))
         elif name == "floor_median":
             out.append((name, lambda vol, slices: median_floor(vol.image, slices, vol.brain),
                         {"kind": "floor", "map": "|x - median of the brain on the scored slices|"}))
@@ -539,7 +578,7 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     With ``cfg.intensity_weight`` > 0 every model and autoencoder gets two rows from one pass of its network: its map
     fused with the intensity, the row whose maps are written and shown (its info's ``name`` is the model's, and its
     ``wall_time_s`` holds the network pass), and its residual alone (``name`` "<model>-w0"). The floors are what they
-    are. Returns (results, infos, scored set-A volumes), each keyed by the row label. What scoring a new scan needs
+    are. Returns (results, infos, the scored volumes of each set, per split), each keyed by the row label. What scoring a new scan needs
     (each model's calibrated threshold and fusion, the scoring, post-processing and preparation settings) is written
     to ``out/detector.json`` (``detector_record``).
     """
@@ -547,7 +586,7 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     run_dir = Path(cfg.run_dir).resolve()
     results: dict[str, Any] = {}
     infos: dict[str, Any] = {}
-    scored_a: dict[str, Any] = {}
+    shown_volumes: dict[str, dict[str, list[ScoredVolume]]] = {}
 
     def rows(scorer: Scorer, label: str, name: str, info: dict[str, Any], weights: Sequence[float]) -> None:
         scorer = remembering(scorer) if len(weights) > 1 else scorer
@@ -565,8 +604,8 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
                           "fusion": cfg.fusion if weight else None,
                           "wall_time_s": round(time.perf_counter() - t0, 1),
                           "slices_scored": sum(len(v.slices) for vs in scored.values() for v in vs)}
-            if shown and info["kind"] != "floor":  # the montage shows reconstructions; a floor has none
-                scored_a[row] = scored.get("eval_a", [])
+            if shown and info["kind"] != "floor":  # the figures show reconstructions; a floor has none
+                shown_volumes[row] = {split: scored[split] for split in cfg.eval_sets}
             log(f"{row}: {infos[row]['slices_scored']} slices in {infos[row]['wall_time_s']} s; threshold "
                 f"{res['threshold']:.3f} (set A), leave-one-host-out {res['thresholds_without_host']}")
 
@@ -589,4 +628,4 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     for name, scorer, info in baseline_scorers(data, run_dir, cfg.baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,
                                                cfg.dae_noise_std, cfg.dae_noise_res, cfg.amp, progress, cfg.residual):
         rows(scorer, BASELINE_LABELS[name], name, info, (0.0,) if info["kind"] == "floor" else weights)
-    return results, infos, scored_a
+    return results, infos, shown_volumes

@@ -66,11 +66,13 @@ def _prepare(cfg: LeverConfig, params: Mapping[str, Any], run_dir: Path) -> Prep
     return PreparedDataset(run_dir / "data")
 
 
-def _row_metrics(res: Mapping[str, Any]) -> dict[str, Any]:
-    """A result row's metrics: pooled over the tuning split, and AUROC/AUPRC pooled per tuning host (``by_host``)."""
-    p = res["tune"]["pooled"]
-    by_host = {h: {k: float(m[k]) for k in ("auroc", "auprc")} for h, m in res["tune"].get("by_host", {}).items()}
-    return {**{k: float(p[k]) for k in METRICS}, "by_host": by_host}
+def _row_metrics(res: Mapping[str, Any], split: str = "tune") -> dict[str, Any]:
+    """A result row's metrics: pooled over the tuning split, and AUROC/AUPRC pooled per tuning host (``by_host``) and
+    per lesion kind (``by_kind``)."""
+    p = res[split]["pooled"]
+    by = {key: {h: {k: float(m[k]) for k in ("auroc", "auprc")} for h, m in res[split].get(key, {}).items()}
+          for key in ("by_host", "by_kind")}
+    return {**{k: float(p[k]) for k in METRICS}, **by}
 
 
 _EVAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
@@ -190,7 +192,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                         passes[network] = (remembering(scorer), info, 0.0)
                     scorer, info, pass_s = passes[network]
                     pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))
-                    res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp, False, None, None,
+                    res, _ = evaluate_model(scorer, data, [cfg.tune_split], cfg.slice_stride, fpr, pp, False, None, None,
                                             sc.get("intensity_weight", 0.0), sc.get("fusion", "sum"),
                                             float(sc.get("fusion_quantile", FUSION_QUANTILE)))
                     seconds = round(time.perf_counter() - t1, 1)
@@ -198,7 +200,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                         passes[network] = (scorer, info, seconds)
                     # seconds: what the scoring costs on its own (a reused pass counts the pass that made it)
                     save(key, {"kind": "diffusion", "variant": variant, "seed": seed, "scoring": scoring,
-                               **_row_metrics(res), "seconds": pass_s if reused else seconds,
+                               **_row_metrics(res, cfg.tune_split), "seconds": pass_s if reused else seconds,
                                "train_seconds": train_s if result.get("resumed_from") is None else None,
                                "amp": info["amp"], "steps_trained": result["step"], "network_pass_reused": reused})
                     log(f"{variant} seed {seed} {scoring}: {rows[-1]}")
@@ -231,13 +233,13 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                         progress, residual)
                     baseline_passes[residual] = (remembering(scorer), 0.0)
                 scorer, pass_s = baseline_passes[residual]
-                res, _ = evaluate_model(scorer, data, ["tune"], cfg.slice_stride, fpr, pp_default, False, None, None,
+                res, _ = evaluate_model(scorer, data, [cfg.tune_split], cfg.slice_stride, fpr, pp_default, False, None, None,
                                         weight, fusion, cfg.baseline_fusion_quantile)
                 seconds = round(time.perf_counter() - t0, 1)
                 if not reused:
                     baseline_passes[residual] = (scorer, seconds)
                 save(key, {"kind": "baseline", "variant": BASELINE_LABELS[name], "seed": seed, "scoring": label,
-                           **_row_metrics(res), "seconds": pass_s if reused else seconds,
+                           **_row_metrics(res, cfg.tune_split), "seconds": pass_s if reused else seconds,
                            "network_pass_reused": reused})
                 log(f"{BASELINE_LABELS[name]} seed {seed} {label}: {rows[-1]}")
     return rows
@@ -291,11 +293,12 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             entry[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
             entry[f"{m}_min"], entry[f"{m}_max"] = float(vals.min()), float(vals.max())
         entry["seconds_mean"] = float(np.mean([r["seconds"] for r in rs]))
-        hosts = [r.get("by_host") or {} for r in rs]  # rows cached before per-host metrics have none
-        for host in sorted(set(hosts[0]).intersection(*hosts)):
-            vals = np.array([h[host]["auprc"] for h in hosts], dtype=float)
-            entry[f"auprc@{host}_mean"] = float(vals.mean())
-            entry[f"auprc@{host}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        for key in ("by_host", "by_kind"):
+            groups_ = [r.get(key) or {} for r in rs]  # rows cached before per-host/kind metrics have none
+            for host in sorted(set(groups_[0]).intersection(*groups_)):
+                vals = np.array([h[host]["auprc"] for h in groups_], dtype=float)
+                entry[f"auprc@{host}_mean"] = float(vals.mean())
+                entry[f"auprc@{host}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         out.append(entry)
     return sorted(out, key=lambda e: -e["auprc_mean"])
 
@@ -445,7 +448,7 @@ def write_results(run_dir: str | Path, rows: Sequence[Mapping[str, Any]], cfg: L
 
     folder = Path(run_dir).resolve() / "levers"
     summary = summarise(rows)
-    result = {"split": "tune", "rows": list(rows), "summary": summary,
+    result = {"split": cfg.tune_split, "rows": list(rows), "summary": summary,
               "note": "measured on the tuning split only (lesions inserted into a brain neither trained on nor in "
                       "set B); sets A and B are not used to choose"}
     write_json_atomic(folder / "levers.json", result)

@@ -8,6 +8,17 @@ Splits are by subject, never by slice:
 * ``eval_b``: the held-out hosts with inserted lesions (synthetic ellipsoids and pasted real tumours): synthetic.
 * ``tune``: the same kinds of lesion inserted into *tuning hosts*, healthy brains that are neither trained on nor
   used by ``val_healthy``/``eval_b``: the only split on which settings (noise, t*, scoring...) may be chosen.
+* with ``ixi`` ("benchmark" or "train"), the embedded IXI mid-axial slices (``ixi.py``), each a one-slice volume, by
+  the fixed split by individual: ``ixi_calib`` (healthy, calibrates the IXI sets), ``ixi_tune`` (lesions of the four
+  kinds of ``lesion_kinds``, ``ixi_draws`` per slice: settings are chosen here) and ``ixi_test`` (the same, other
+  individuals: scored for the report); with "train" the IXI training individuals join ``train``.
+* ``slices_test``: a folder of 2-D slices with lesion masks (``slices_root``: ``<stem>.png`` or ``<stem>.nii.gz`` with
+  ``<stem>_mask.<ext>`` beside it), prepared as the IXI slices are and calibrated on ``ixi_calib``: other slices of
+  this kind scored the same way.
+
+``lesion_mix``: "legacy" inserts set B's and the tuning hosts' lesions as hypo/hyper textured ellipsoids and pasted
+real tumours (their own intensities); "kinds" inserts the four kinds of ``lesion_kinds`` in equal proportions instead,
+every third group of four in a real tumour's shape, as on the IXI slices.
 
 Each volume is stored preprocessed (N x N x Z axial stack, float16 in [-1, 1]) with its brain mask, lesion mask,
 voxel->world affine, the indices of the slices that hold enough brain, and the geometry of the scan it came from so
@@ -26,14 +37,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..fileio import atomic_path, write_json_atomic
-from .datasets import DISK_LOADERS, Subject, packaged
-from .io import MIN_MASK_OVERLAP, read_mask, read_volume
+from .datasets import DISK_LOADERS, DatasetError, Subject, packaged
+from .io import MIN_MASK_OVERLAP, VolumeError, read_mask, read_volume
+from . import ixi, lesion_kinds
 from .lesions import paste_tumour, synthetic_lesion
+from .slices2d import SLICE_SUFFIXES, read_slice, with_brain
 from .preprocess import Volume, add_brain_mask, brain_landmarks, finish, match_landmarks, select_slices, standardise
 from .sources import SOURCES, default_cache_dir, sha256_of
 
 DATA_FORMAT_VERSION = 1
-SPLITS = ("train", "val_healthy", "eval_a", "eval_b", "tune")
+SPLITS = ("train", "val_healthy", "eval_a", "eval_b", "tune", "ixi_calib", "ixi_tune", "ixi_test", "slices_test")
+CALIBRATION_SPLIT = {"ixi_tune": "ixi_calib", "ixi_test": "ixi_calib", "slices_test": "ixi_calib"}
+"""The healthy split that calibrates each evaluated split (thresholds, fusion); every other one: ``val_healthy``."""
 FINGERPRINT_KEY = "__fingerprint__"
 """The settings' fingerprint, stored in dataset.npz too: a manifest.json of another build is detected."""
 
@@ -63,6 +78,13 @@ class PrepareSettings:
     allow_empty_masks: bool = False
     tune_draws: int = 1
     eval_b_draws: int = 1
+    ixi: str = ""
+    ixi_draws: int = 4
+    ixi_train_max: int = 0
+    lesion_mix: str = "legacy"
+    slices_root: str = ""
+    slices_skull: bool = True
+    slices_spacing_mm: float = 1.0
 
     def fingerprint(self) -> str:
         """Hash of the settings. Settings added later whose defaults build the same data (``_LATER_FIELDS``: the
@@ -83,7 +105,8 @@ class PrepareSettings:
         return replace(self, tune_draws=1, eval_b_draws=1).fingerprint()
 
 
-_LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws", "eval_b_draws")
+_LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws", "eval_b_draws", "ixi",
+                 "ixi_draws", "ixi_train_max", "lesion_mix", "slices_root", "slices_skull", "slices_spacing_mm")
 
 
 def settings_from_config(cfg: Any) -> PrepareSettings:
@@ -247,11 +270,19 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
     if subjects["train"] and not train_ids:
         raise EmptyMaskError(f"no training scan left: all {len(subjects['train'])} have an empty brain mask ("
                              f"{'; '.join(s['reason'] for s in skipped)})", "brain")
+    population = _ixi_prepared(settings, wrap)
     reference = None
     if settings.histogram_standardisation:
-        # Reference deciles from the training brains only; every volume (training ones too) is mapped onto them.
-        reference = np.mean([brain_landmarks(prepared[vid][0]) for vid in train_ids], axis=0)
+        # Reference deciles from the training brains only (the IXI training slices when there is no training volume);
+        # every volume and slice (training ones too) is mapped onto them.
+        units = [prepared[vid][0] for vid in train_ids] or [v for v, _ in population.get("train", {}).values()]
+        if not units:
+            raise ValueError("histogram standardisation needs training data: no training volume and no IXI training "
+                             "slice (healthy_sources is empty and ixi is not 'train')")
+        reference = np.mean([brain_landmarks(v) for v in units], axis=0)
         prepared = {k: (match_landmarks(v, reference), m) for k, (v, m) in prepared.items()}
+        population = {split: {sid: (match_landmarks(v, reference), m) for sid, (v, m) in items.items()}
+                      for split, items in population.items()}
     for split, subject in todo:
         if split in ("train", "val_healthy", "eval_a"):
             _store(arrays, volumes, split, subject.id, *prepared[subject.id])
@@ -261,10 +292,19 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
     draws = [("eval_b", settings.holdout_hosts, 0)]
     draws += [("tune", settings.tune_hosts, d) for d in range(settings.tune_draws)]
     draws += [("eval_b", settings.holdout_hosts, d) for d in range(1, settings.eval_b_draws)]
+    donors = [(n, prepared[n][0].lesion, prepared[n][0].spacing) for n in settings.paste_donors]
     for split, host_names, draw in draws:
         for host_name in host_names:
             host, host_meta = prepared[host_name]
             suffix = f"-draw{draw}" if draw else ""
+            if settings.lesion_mix == "kinds":
+                for i in range(settings.lesions_per_host):
+                    lesion = lesion_kinds.draw(host.image, host.brain, host.spacing, i, rng, donors)
+                    vid = f"{host_name}+{lesion.detail['kind']}{i:02d}{suffix}"
+                    _store(arrays, volumes, split, vid, replace(host, image=lesion.image, lesion=lesion.mask),
+                           dict(host_meta, id=vid, host=host_name, draw=draw, lesion=lesion.detail,
+                                lesion_kind=lesion.detail["kind"], synthetic=True))
+                continue
             for i in range(settings.lesions_per_host):  # each draw the same sizes and polarities as set B's hosts
                 polarity = "hyper" if i % 2 == 0 else "hypo"
                 radius = (3.0, 8.0) if i % 4 < 2 else (8.0, 16.0)
@@ -278,6 +318,7 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
                 vid = f"{host_name}+pasted-{donor_name}{suffix}"
                 _store(arrays, volumes, split, vid, vol, dict(host_meta, id=vid, host=host_name, draw=draw,
                                                               lesion=asdict(info), synthetic=True))
+    _store_population(arrays, volumes, population, settings, donors)
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays[FINGERPRINT_KEY] = np.array(settings.fingerprint())  # ties dataset.npz to its manifest.json
     with atomic_path(out_dir / "dataset.npz") as tmp:
@@ -293,6 +334,9 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
                         "kind": SOURCES[n].kind, "description": SOURCES[n].description}
                     for n in dict.fromkeys((*settings.healthy_sources, *settings.holdout_hosts, *settings.tune_hosts,
                                             *settings.tumour_sources, *settings.paste_donors))},
+        "population": {"name": "ixi_midaxial", "licence": "CC BY-SA 3.0 (IXI, brain-development.org)",
+                       "splits_file": "addmlib/data/ixi_midaxial/splits.json", "draws": settings.ixi_draws,
+                       "kinds": list(lesion_kinds.KINDS)} if settings.ixi else None,
         "split": {s: [v["id"] for v in volumes[s]] for s in SPLITS},
         "intensity_reference_deciles": None if reference is None else [round(float(r), 4) for r in reference],
         "volumes": volumes,
@@ -308,6 +352,94 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
     write_json_atomic(manifest_path, manifest)
     manifest["reused"] = False
     return manifest
+
+
+def _ixi_prepared(settings: PrepareSettings, wrap: Any) -> dict[str, dict[str, tuple[Volume, dict[str, Any]]]]:
+    """The IXI slices of each split (``train`` only with ``ixi: train``; ``ixi_train_max`` > 0 keeps the first ones),
+    cropped, normalised and resized as the volumes are (``finish``); {} without ``ixi``."""
+    if not settings.ixi:
+        if settings.slices_root:
+            raise ValueError("slices_root needs ixi ('benchmark' or 'train'): its slices are calibrated on the IXI "
+                             "calibration individuals")
+        return {}
+    if settings.ixi not in ("benchmark", "train"):
+        raise ValueError(f"ixi must be '', 'benchmark' or 'train', got {settings.ixi!r}")
+    ixi.verify()
+    by_split = ixi.splits()
+    groups = {"ixi_calib": by_split["calib"], "ixi_tune": by_split["tune"], "ixi_test": by_split["test"]}
+    if settings.ixi == "train":
+        groups["train"] = by_split["train"][: settings.ixi_train_max or None]
+    out: dict[str, dict[str, tuple[Volume, dict[str, Any]]]] = {}
+    if settings.slices_root:
+        out["slices_test"] = {}
+        for stem, (image, mask) in wrap(slice_pairs(settings.slices_root).items(), desc="2-D slices"):
+            vol = with_brain(read_slice(image, settings.slices_spacing_mm), settings.slices_skull)
+            lesion = read_slice(mask, settings.slices_spacing_mm).image > 0
+            if lesion.shape != vol.image.shape:
+                raise VolumeError(f"{mask}: shape {lesion.shape[:2]} differs from its slice {image} "
+                                  f"({vol.image.shape[:2]})")
+            vol = finish(replace(vol, lesion=lesion & vol.brain), settings.image_size)
+            if not vol.lesion.any():
+                raise EmptyMaskError(f"{mask}: the lesion is empty inside the brain after preprocessing", "lesion")
+            out["slices_test"][stem] = (vol, {"id": stem, "dataset": "slices", "role": "tumour", "slices": [0],
+                                               "image_path": str(image), "mask_path": str(mask)})
+    for split, ids in groups.items():
+        out[split] = {}
+        for sid in wrap(ids, desc=f"IXI {split}"):
+            vol = finish(ixi.load_volume(sid), settings.image_size)
+            out[split][sid] = (vol, {"id": sid, "dataset": "ixi_midaxial", "role": "healthy", "brain_method": "2-D mask",
+                                     "subject": sid, "slices": [0]})
+    return out
+
+
+def slice_pairs(root: str | Path) -> dict[str, tuple[Path, Path]]:
+    """The 2-D slices of a benchmark folder, stem -> (slice, its ``<stem>_mask`` file); a slice without a mask, or an
+    empty folder, is a DatasetError naming it."""
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"slices_root {folder} is not a folder")
+    files = {_slice_stem(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(SLICE_SUFFIXES)}
+    pairs = {}
+    for stem, path in files.items():
+        if stem.endswith("_mask"):
+            continue
+        mask = files.get(f"{stem}_mask")
+        if mask is None:
+            raise DatasetError(f"{path}: no lesion mask {stem}_mask{path.name[len(stem):]} beside it (a benchmark "
+                               f"slice needs one)")
+        pairs[stem] = (path, mask)
+    if not pairs:
+        raise DatasetError(f"slices_root {folder}: no 2-D slice found (expected <stem>.png or <stem>.nii.gz with "
+                           f"<stem>_mask.<ext>)")
+    return pairs
+
+
+def _slice_stem(path: Path) -> str:
+    name = path.name
+    for suffix in SLICE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _store_population(arrays: dict[str, np.ndarray], volumes: dict[str, list[dict[str, Any]]],
+                      population: dict[str, dict[str, tuple[Volume, dict[str, Any]]]], settings: PrepareSettings,
+                      donors: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    """Store the IXI slices: training and calibration ones as they are, tuning and test ones ``ixi_draws`` times
+    each with lesion number i = subject x draws + draw of ``lesion_kinds.draw`` (so every kind in equal numbers),
+    from a random stream of their own (the volumes' lesions do not move when the IXI splits are added)."""
+    for split, prefix in (("train", "ixi-"), ("ixi_calib", ""), ("slices_test", "")):
+        for sid, (vol, meta) in population.get(split, {}).items():
+            _store(arrays, volumes, split, prefix + sid, vol, meta)
+    for code, split in enumerate(("ixi_tune", "ixi_test"), start=1):
+        rng = np.random.default_rng([settings.seed, 29, code])
+        for n, (sid, (vol, meta)) in enumerate(population.get(split, {}).items()):
+            for draw in range(settings.ixi_draws):
+                lesion = lesion_kinds.draw(vol.image, vol.brain, vol.spacing, n * settings.ixi_draws + draw, rng, donors)
+                vid = f"{sid}+{lesion.detail['kind']}-d{draw}"
+                _store(arrays, volumes, split, vid, replace(vol, image=lesion.image, lesion=lesion.mask),
+                       dict(meta, id=vid, draw=draw, lesion=lesion.detail, lesion_kind=lesion.detail["kind"],
+                            synthetic=True))
 
 
 def _prepare_all(settings: PrepareSettings, todo: list[tuple[str, Subject]],

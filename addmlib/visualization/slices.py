@@ -72,3 +72,23 @@ def volume_montage(volumes: Sequence[PreparedVolume], pick: Literal["middle", "l
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def ixi_mask_montage(ids: Sequence[str], columns: int = 8) -> plt.Figure:
+    """The raw IXI slices of ``ids`` (as stored, anterior up) with their 2-D brain mask (``ixi.brain_mask``) outlined:
+    the mask checked by eye."""
+    from ..data import ixi
+
+    cols = min(len(ids), columns)
+    n_rows = -(-len(ids) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(1.8 * cols, 2.1 * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, sid in zip(axes.flat, ids):
+        img = ixi.read_png(sid)
+        ax.imshow(img, cmap="gray")
+        ax.contour(ixi.brain_mask(img), levels=[0.5], colors="r", linewidths=0.7)
+        ax.set_title(sid, fontsize=7)
+    fig.suptitle("IXI slices and their 2-D brain masks", fontsize=9)
+    fig.tight_layout()
+    return fig
