@@ -89,7 +89,16 @@ def test_pipeline_runs_with_ci_params(ci_run):
     assert checks["closed_form"]["oracle_ddim_10_steps_reconstruction_max_abs_err"] < 1e-6
     assert checks["networks"]["lambda_0_equals_L_DDPM"] is True
     metrics = json.loads((folder / "eval" / "metrics.json").read_text())
-    assert {"eval_a", "eval_b", "threshold"} <= set(next(iter(metrics["results"].values())))
+    assert {"eval_a", "eval_b", "ixi_test", "threshold"} <= set(next(iter(metrics["results"].values())))
+    # the IXI test slices: calibrated on the IXI calibration individuals, per kind, with every floor beside
+    results = metrics["results"]
+    addm = next(r for label, r in results.items() if label.startswith("addm"))
+    assert addm["calibration"]["ixi_calib"]["threshold"] != addm["calibration"]["val_healthy"]["threshold"]
+    assert set(addm["ixi_test"]["by_kind"]) == {"hypo", "ring", "hyper", "iso"}
+    assert set(addm["eval_b"]["by_kind"]) == {"hypo", "ring", "hyper", "iso"}
+    assert {"intensity floor (x itself)", "dark floor (−x)", "floor |x − brain median|"} <= set(results)
+    assert len(list((folder / "eval" / "figures").glob("kind_ixi_test_*.png"))) == 4, "one figure per lesion kind"
+    assert (folder / "data" / "figures" / "ixi_brain_masks.png").is_file()
     assert any(p.name.endswith("_map_native.nii.gz") for p in (folder / "eval" / "maps").rglob("*"))
     assert (folder / "notebooks" / "02_train-addm.ipynb").is_file()
     assert (folder / "notebooks" / "05_browse.ipynb").is_file()

@@ -41,9 +41,10 @@ class Inserted:
     detail: dict[str, Any]
 
 
-def _grid(shape: tuple[int, ...], centre: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+def _offsets_mm(shape: tuple[int, ...], centre: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Each voxel's offset from ``centre`` in mm (shape + (3,))."""
     axes = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
-    return np.stack(axes, -1) - centre.astype(np.float32), spacing.astype(np.float32)
+    return (np.stack(axes, -1) - centre.astype(np.float32)) * spacing.astype(np.float32)
 
 
 def _centre(brain: np.ndarray, spacing: np.ndarray, radius_mm: float, rng: np.random.Generator) -> np.ndarray:
@@ -62,8 +63,7 @@ def ellipse_region(brain: np.ndarray, spacing: np.ndarray, diameter_mm: float,
     ndim = 3 if brain.shape[2] > 1 else 2
     radii = diameter_mm / 2 * np.concatenate([[1.0], rng.uniform(0.6, 1.0, size=2)])
     centre = _centre(brain, spacing, float(radii.min()), rng)
-    offsets, sp = _grid(brain.shape, centre, spacing)
-    mm = offsets * sp
+    mm = _offsets_mm(brain.shape, centre, spacing)
     if ndim == 2:
         angle = rng.uniform(0, np.pi)
         rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
@@ -71,7 +71,7 @@ def ellipse_region(brain: np.ndarray, spacing: np.ndarray, diameter_mm: float,
     else:
         rot = Rotation.random(random_state=rng).as_matrix()
     rho = np.sqrt((((mm @ rot) / radii) ** 2).sum(-1))
-    wobble = ndimage.gaussian_filter(rng.standard_normal(brain.shape), sigma=max(1.0, diameter_mm / 4 / sp.min()))
+    wobble = ndimage.gaussian_filter(rng.standard_normal(brain.shape), sigma=max(1.0, diameter_mm / 4 / float(spacing.min())))
     wobble /= wobble.std() + 1e-6
     return (rho <= 1.0 + 0.15 * wobble) & brain
 
@@ -98,7 +98,7 @@ def donor_region(brain: np.ndarray, spacing: np.ndarray, donor: np.ndarray, dono
     if rng.random() < 0.5:
         scaled = scaled[::-1]  # a mirrored copy: more shapes from few tumours
     if not scaled.any():
-        scaled = np.zeros((1, 1, 1), bool) | True
+        scaled = np.ones((1, 1, 1), bool)  # scaled below one voxel: the smallest lesion there is
     centre = _centre(brain, spacing, diameter_mm / 2, rng)
     start = centre - np.round(np.argwhere(scaled).mean(0)).astype(int)
     start = np.clip(start, 0, np.maximum(np.array(brain.shape) - np.array(scaled.shape), 0))
@@ -128,7 +128,7 @@ def insert(image: np.ndarray, brain: np.ndarray, region: np.ndarray, kind: str, 
     mean, std = _shell_stats(image, brain, region, spacing)
     csf = float(np.percentile(image[brain], 2))
     fine = ndimage.gaussian_filter(rng.standard_normal(image.shape), sigma=0.7)
-    fine /= fine[region].std() + 1e-6
+    fine /= fine.std() + 1e-6
     detail: dict[str, Any] = {"kind": kind, "polarity": POLARITY[kind], "tissue_mean": round(mean, 3)}
     if kind == "hypo":
         u = rng.uniform(0.5, 1.0)
@@ -148,7 +148,7 @@ def insert(image: np.ndarray, brain: np.ndarray, region: np.ndarray, kind: str, 
     else:  # iso
         strength = rng.uniform(1.0, 2.0)
         coarse = ndimage.gaussian_filter(rng.standard_normal(image.shape), sigma=1.5)
-        coarse /= coarse[region].std() + 1e-6
+        coarse /= coarse.std() + 1e-6
         level = mean + strength * std * coarse
         detail["texture_std"] = round(float(strength * std), 3)
     filled = np.clip(level + 0.25 * std * fine, -1.0, 1.0)
