@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .data.lesion_kinds import KINDS
 from .data.report import SPLIT_TITLES
 from .evaluate import BASELINE_LABELS, ScoredVolume
 from .verdict import verdict
@@ -52,13 +53,14 @@ def lesion_kind(volume_id: str) -> str:
     ``<subject>+<kind>-d<k>`` (``lesion_kinds``) are the kind; any other id (a real tumour scan) is its own kind."""
     if "+" not in volume_id:
         return volume_id
-    lesion = re.sub(r"-(draw|d)\d+$", "", volume_id.split("+", 1)[1])
+    lesion = re.sub(r"-draw\d+$", "", volume_id.split("+", 1)[1])
     if lesion.startswith("pasted-"):
         return f"pasted {lesion[len('pasted-'):]}"
     match = re.fullmatch(r"synthetic\d+-(\w+)", lesion)
     if match:
         return f"synthetic {match.group(1)}"
-    return re.sub(r"\d+$", "", lesion)
+    match = re.fullmatch(r"([a-z]+)(\d+|-d\d+)", lesion)
+    return match.group(1) if match and match.group(1) in KINDS else lesion
 
 
 FLOORS = ("floor_intensity", "floor_dark", "floor_median")

@@ -13,6 +13,9 @@ from addmlib.eval_report import lesion_kind, lesion_kind_table
     ("colin27+pasted-pyradiomics_brain1-draw1", "pasted pyradiomics_brain1"),
     ("itk_t1+pasted-qtim_tumor2", "pasted qtim_tumor2"),
     ("qtim_tumor2", "qtim_tumor2"),
+    ("colin27+ring01", "ring"),
+    ("sri24+hypo04-draw2", "hypo"),
+    ("IXI012+iso-d3", "iso"),
 ])
 def test_lesion_kind_reads_the_volume_id(volume_id: str, kind: str) -> None:
     assert lesion_kind(volume_id) == kind
@@ -46,5 +49,5 @@ def test_the_reading_names_the_fusion_rule(fusion: str) -> None:
                                        "fusion": fusion},
              floor: {"kind": "floor"}}
     text = reading(results, infos, ["eval_b"])
-    assert "addm, + intensity w=4 beats the intensity floor (AUPRC 0.300 vs 0.200" in text
+    assert "addm, + intensity w=4 beats the best floor, intensity floor (x itself) (AUPRC 0.300 vs 0.200" in text
     assert ("By the max rule" in text) == (fusion == "max")

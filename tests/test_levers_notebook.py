@@ -46,7 +46,9 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
     import yaml
 
     before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
-    spec = {"base_params": ["params/ci/ci.yaml"], "base_overrides": {"tune_draws": 2, "eval_b_draws": 2},
+    spec = {"base_params": ["params/ci/ci.yaml"],
+            "base_overrides": {"tune_draws": 2, "eval_b_draws": 2, "lesion_mix": "legacy", "lesions_per_host": 2,
+                               "ixi": ""},
             "models_from": str(first), "threads": 1, "variants": {"coarse": {"noise": "coarse", "coarse_spacing": 8}},
             "scorings": {"x0": {"t_star": 25, "sample_steps": 1},
                          "x0-int2": {"t_star": 25, "sample_steps": 1, "intensity_weight": 2},

@@ -150,7 +150,7 @@ def test_dataset_tables():
     assert vols[2].split() == ["eval_a", "mine", "brats", "1", "40", "0.9"]
     assert vols[3].split()[2] == "synthetic"
     assert sources_table(MANIFEST).splitlines()[1].split() == ["colin27", "pkg==1.0", "abababababab…", "MIT"]
-    assert set(SPLIT_TITLES) == {"eval_a", "eval_b", "tune"}
+    assert set(SPLIT_TITLES) == {"eval_a", "eval_b", "tune", "ixi_tune", "ixi_test", "slices_test"}
 
 
 def test_prepare_settings_from_the_notebook_config():
