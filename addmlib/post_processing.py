@@ -10,14 +10,15 @@ from scipy import ndimage
 def restrict_to_brain(amap: np.ndarray, brain: np.ndarray, erode_mm: float = 0.0,
                       spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """Zero the map outside the brain mask eroded by ``erode_mm`` (the reconstruction error at the brain's edge is
-    mostly boundary mismatch, not pathology)."""
+    mostly boundary mismatch, not pathology). An axis one voxel long (a single slice) has no neighbours along it and is
+    not eroded: a 2-D slice is eroded in its plane."""
     if amap.shape != brain.shape:
         raise ValueError(f"map shape {amap.shape} differs from brain mask shape {brain.shape}")
     mask = brain.astype(bool)
-    if erode_mm > 0:  # pad so that the array's own ends count as outside the brain
-        padded = np.pad(mask, 1)
-        dist = ndimage.distance_transform_edt(padded, sampling=spacing[: mask.ndim])
-        mask = dist[(slice(1, -1),) * mask.ndim] > erode_mm
+    if erode_mm > 0:  # pad so that the array's own ends count as outside the brain, along the axes that have ends
+        pad = [(1, 1) if n > 1 else (0, 0) for n in mask.shape]
+        dist = ndimage.distance_transform_edt(np.pad(mask, pad), sampling=spacing[: mask.ndim])
+        mask = dist[tuple(slice(a, a + n) for (a, _), n in zip(pad, mask.shape))] > erode_mm
     return np.where(mask, amap, 0.0).astype(amap.dtype)
 
 
