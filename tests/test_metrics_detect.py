@@ -100,6 +100,13 @@ def test_post_processing_on_blobs():
     assert np.array_equal(restrict_to_brain(vol, brain), np.where(brain, vol, 0))
 
 
+def test_a_single_slice_is_eroded_in_its_plane_only():
+    brain = np.zeros((20, 20, 1), bool)
+    brain[4:16, 4:16] = True
+    kept = restrict_to_brain(np.ones(brain.shape, np.float32), brain, erode_mm=3.0, spacing=(1.0, 1.0, 1.0)) > 0
+    assert kept.sum() == 6 * 6 and kept[10, 10, 0]  # 3 mm off each in-plane edge, nothing off along z
+
+
 @pytest.mark.parametrize("codes, zooms", [("LPS", (0.9, 0.9, 1.4)), ("PIR", (1.0, 1.0, 1.3)),
                                           ("RAS", (1.2, 0.8, 2.0))])
 def test_nifti_map_has_the_input_shape_and_affine(tmp_path, codes, zooms):
