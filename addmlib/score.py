@@ -114,6 +114,7 @@ class Detector:
 
 
 def _make_hint(run_dir: Path, notebook: str) -> str:
+    """The command that runs ``notebook`` on ``run_dir`` (what makes a missing threshold or model)."""
     return (f"python -m addmlib.pipeline PARAMS.yaml --run-dir {run_dir} --notebooks {notebook} (PARAMS.yaml: the "
             f"parameters the run was made with; make demo makes outputs/demo whole)")
 
@@ -295,8 +296,8 @@ def score_prepared(det: Detector, scorer: Callable[..., Any], vol: PreparedVolum
     AUPRC over the brain on the scored slices, as the evaluation measures them."""
     stride = 1 if flat else int(det.record["scoring"]["slice_stride"])
     pp, fusion, thr = det.post_processing, det.fusion, det.threshold
-    amap, flagged, recon = (np.zeros(vol.image.shape, np.float32) for _ in range(3))
-    flagged = flagged.astype(bool)
+    amap, recon = np.zeros(vol.image.shape, np.float32), np.zeros(vol.image.shape, np.float32)
+    flagged = np.zeros(vol.image.shape, bool)
     hist, counts = BinnedScores(*SCORE_RANGE), np.zeros(3, dtype=np.int64)
     for offset in range(min(stride, len(vol.slices))):
         (v,) = score_split(scorer, [replace(vol, slices=vol.slices[offset:])], stride, pp)
@@ -349,7 +350,7 @@ def slices_figure(image: np.ndarray, amap: np.ndarray, flagged: np.ndarray, thre
     chosen = sorted(np.argsort(per_slice)[::-1][:min(n, amap.shape[2])])
     lo, hi = np.percentile(image, [0.5, 99.5])
     top = max(float(amap.max()), threshold, 1e-6)
-    fig = Figure(figsize=(2.4 * len(chosen), 5.0))
+    fig = Figure(figsize=(max(2.4 * len(chosen), 5.0), 5.0))
     axes = fig.subplots(2, len(chosen), squeeze=False)
     for col, k in enumerate(chosen):
         img, m, f = (display(a[:, :, k], "axial") for a in (image, amap, flagged))
@@ -360,8 +361,8 @@ def slices_figure(image: np.ndarray, amap: np.ndarray, flagged: np.ndarray, thre
         if f.any():
             axes[row, col].contour(f, levels=[0.5], colors="cyan", linewidths=0.8)
         axes[0, col].set_title(f"axial {k}: {int(f.sum())} flagged", fontsize=8)
-    fig.suptitle(f"{title}\nmap over the scan, flagged outlined (threshold {threshold:.4g}); radiological view",
-                 fontsize=8)
+    fig.suptitle(f"{title}\nthe map over the scan, what was flagged outlined (threshold {threshold:.4g})\n"
+                 f"radiological view", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -488,7 +489,7 @@ def score_scans(run_dir: str | Path, scans: Sequence[str | Path], out: str | Pat
         images = [check_input(p, m, min_overlap) for p, m in zip(paths, mask_paths)]
     except VolumeError as exc:
         raise ScoreInputError(str(exc)) from None
-    sc, prep = det.record["scoring"], det.record["prepare"]
+    sc = det.record["scoring"]
     dev = resolve_device(device)
     try:
         scorer, _ = diffusion_scorer(det.checkpoint, sc["t_star"], int(sc["sample_steps"]), sc["sampler"],
@@ -497,8 +498,6 @@ def score_scans(run_dir: str | Path, scans: Sequence[str | Path], out: str | Pat
                                      int(sc["patch_stride"]), sc["residual"])
     except CheckpointError as exc:
         raise ScoreInputError(f"{exc}; train the model again: {_make_hint(det.run_dir, '02_train')}") from None
-    if int(prep["image_size"]) <= 0:
-        raise ScoreInputError(f"{det.run_dir}: detector.json holds no image size")
     return [score_scan(det, scorer, p, img, m, Path(out), skull) for p, img, m in zip(paths, images, mask_paths)]
 
 
