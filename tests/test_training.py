@@ -16,7 +16,7 @@ from addmlib.config import TrainConfig
 from addmlib.data.prepare import SPLITS, _store
 from addmlib.data.preprocess import Volume
 from addmlib.fileio import write_json_atomic
-from addmlib.models import load_ema_unet
+from addmlib.models import load_ema_unet, recorded_checkpoint
 from addmlib.training import (CHECKPOINT, PREVIOUS, CheckpointError, Trainer, finished_model, load_checkpoint,
                               model_dir, read_log, train)
 
@@ -58,8 +58,9 @@ def test_loss_decreases_and_discriminator_accuracy_moves(tmp_path):
     acc = [r["d_acc_real"] + r["d_acc_fake"] for r in log]
     assert len(set(acc)) > 3, "D's accuracy moves"
     assert all(np.isfinite(r["d_loss"]) for r in log)
-    model_json = json.loads((model_dir(tmp_path, "addm") / "model.json").read_text())
-    unet, saved_cfg = load_ema_unet(model_json["checkpoint"])
+    record = model_dir(tmp_path, "addm") / "model.json"
+    assert json.loads(record.read_text())["checkpoint"] == CHECKPOINT  # relative: a copied run loads its own weights
+    unet, saved_cfg = load_ema_unet(recorded_checkpoint(record))
     assert saved_cfg.lambda_adv == 0.1 and unet(torch.zeros(1, 1, 16, 16), torch.tensor([3])).shape == (1, 1, 16, 16)
 
 
