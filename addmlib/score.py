@@ -16,8 +16,9 @@ The map, the flagged mask, the reconstruction and the brain mask are written bac
 (``detect.to_native_nifti``), with a PNG of the most anomalous slices and ``summary.json``. Each scan's folder is
 written whole or not at all (built in a temporary folder, then renamed).
 
-2-D input (a PNG, or a NIfTI with one slice) is an axial slice for a model trained on slices: it goes through the
-same chain with a depth of one slice, post-processed in 2-D; its skull must be off (deepbet needs a volume).
+2-D input (a PNG, or a NIfTI with one axial slice) is read and brain-masked as the run's 2-D slices were
+(``data/slices2d.py``: a skull-on slice gets its 2-D brain mask, a brain-only one its non-background) and goes through
+the same chain with a depth of one slice, post-processed in-plane.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Any, Callable, Literal, Sequence
 import nibabel as nib
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.image import imread
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -43,8 +43,8 @@ from .config import ConfigError
 from .data.datasets import Subject
 from .data.io import MIN_MASK_OVERLAP, VolumeError, check_mask_overlap, read_mask, read_volume
 from .data.prepare import EmptyMaskError, PreparedVolume, prepare_subject
-from .data.preprocess import (Volume, brain_from_background, match_landmarks, preprocess,
-                              select_slices)
+from .data.preprocess import Volume, brain_from_background, finish, match_landmarks
+from .data.slices2d import SLICE_SUFFIXES, is_slice_file, read_slice, with_brain
 from .detect import to_native_nifti
 from .evaluate import (DETECTOR_FILE, SCORE_RANGE, FusionParams, PostProcessing,
                        diffusion_scorer, fused_map, post_process, score_split, use_channels_last)
@@ -72,8 +72,12 @@ the tumour scans' deciles lie as far from the reference (0.43-0.53 mean absolute
 scans' (0.45-0.64)."""
 DEPTH_MM = 15.0
 
+SKULL_SLICE_CM2 = 250.0
+"""Above this many cm² of non-background tissue a 2-D axial slice is taken to have its skull on (``--skull auto``).
+Measured: the largest axial slice of each brain-only embedded scan holds 174-219 cm², the IXI mid-axial slices (skull
+on) 276-342 cm² (docs/own-scan.md); a skull-on slice near the vertex may read as brain only: ``--skull on``."""
+
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
-SLICE_SUFFIXES = (".png",)
 TOP_COMPONENTS = 5
 
 
@@ -155,46 +159,6 @@ def scan_stem(path: Path) -> str:
     return path.stem
 
 
-def read_slice(path: Path) -> nib.Nifti1Image:
-    """A 2-D axial slice (PNG, 1 mm pixels, shown as radiologists view it: anterior up, the patient's right on the
-    left; or a NIfTI with one slice) as an N x M x 1 NIfTI image in RAS+ world coordinates."""
-    try:
-        if path.name.lower().endswith(".png"):
-            rgb = np.asarray(imread(path), dtype=np.float32)
-            data = rgb[..., :3].mean(-1) if rgb.ndim == 3 else rgb
-            # array axis 0 (rows, down) runs posterior, axis 1 (columns, right) runs to the patient's left
-            affine = np.array([[0, -1, 0, 0], [-1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
-            img = nib.Nifti1Image(data[:, :, None], affine)
-        else:
-            loaded = nib.load(str(path))
-            data = np.asarray(loaded.dataobj, dtype=np.float32)
-            img = nib.Nifti1Image(data.reshape(data.shape[:2] + (1,)) if data.ndim == 2 else data, loaded.affine)
-    except (OSError, ValueError, SyntaxError, nib.filebasedimages.ImageFileError) as exc:
-        raise VolumeError(f"{path}: cannot be read as a 2-D slice (corrupt or truncated?): {exc}") from None
-    data = np.asarray(img.dataobj)
-    if data.ndim != 3 or sorted(data.shape)[0] != 1 or min(data.shape[:2] + data.shape[2:]) < 1:
-        raise VolumeError(f"{path}: expected one 2-D slice, got shape {data.shape}")
-    if not np.isfinite(data).all() or not np.any(data):
-        raise VolumeError(f"{path}: the slice is empty or holds NaN/Inf")
-    if nib.aff2axcodes(img.affine)[int(np.argmin(data.shape))] not in ("S", "I"):
-        raise VolumeError(f"{path}: a slice across the {nib.aff2axcodes(img.affine)[int(np.argmin(data.shape))]} "
-                          f"axis; the models score axial slices")
-    return img
-
-
-def is_slice_file(path: Path) -> bool:
-    """A PNG, or a NIfTI whose header says it holds a single slice."""
-    if path.name.lower().endswith(SLICE_SUFFIXES):
-        return True
-    if path.name.lower().endswith((".nii", ".nii.gz")) and path.is_file():
-        try:
-            shape = nib.load(str(path)).shape
-        except (OSError, ValueError, nib.filebasedimages.ImageFileError):
-            return False  # read_volume names the problem
-        return len(shape) == 2 or (len(shape) >= 3 and min(shape[:3]) == 1)
-    return False
-
-
 def mask_beside(scan: Path) -> Path | None:
     """``<stem>_mask.nii.gz`` (or .nii, .nrrd) beside the scan, if there is one."""
     for suffix in (".nii.gz", ".nii", ".nrrd"):
@@ -211,10 +175,21 @@ def check_input(scan: Path, mask: Path | None, min_overlap: float = MIN_MASK_OVE
         raise VolumeError(f"{scan}: file not found")
     if not scan.name.lower().endswith(VOLUME_SUFFIXES + SLICE_SUFFIXES):
         raise VolumeError(f"{scan}: unknown format (expected .nii, .nii.gz, .nrrd, .nhdr, or .png for a 2-D slice)")
-    img = read_slice(scan) if is_slice_file(scan) else read_volume(scan)
+    img = slice_image(scan) if is_slice_file(scan) else read_volume(scan)
     if mask is not None:
-        check_mask_overlap(read_slice(mask) if is_slice_file(mask) else read_mask(mask), mask, img, scan, min_overlap)
+        check_mask_overlap(slice_image(mask) if is_slice_file(mask) else read_mask(mask), mask, img, scan, min_overlap)
     return img
+
+
+def slice_image(path: Path) -> nib.Nifti1Image:
+    """A 2-D slice (``slices2d.read_slice``: a PNG on its RAS grid, 1 mm pixels) as an X x Y x 1 NIfTI image: a NIfTI
+    slice on its own grid as stored, a PNG on the grid ``read_slice`` gives it."""
+    vol = read_slice(path)
+    if path.name.lower().endswith(".png"):
+        return nib.Nifti1Image(vol.image, vol.affine)
+    img = nib.load(str(path))
+    shape = img.shape[:2] + (1,) if len(img.shape) == 2 else img.shape[:3]
+    return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32).reshape(shape), img.affine)
 
 
 def head_volume_ml(img: nib.Nifti1Image) -> float:
@@ -239,25 +214,28 @@ class Prepared:
 
 
 def prepare_scan(scan: Path, img: nib.Nifti1Image, mask: Path | None, det: Detector, skull: Skull) -> Prepared:
-    """Prepare ``scan`` as the run's data was prepared (``prepare.prepare_subject`` for volumes; the same chain,
-    ``preprocess``, with a depth of one for 2-D slices), the skull stripped where it is on."""
+    """Prepare ``scan`` as the run's data was prepared: ``prepare.prepare_subject`` for volumes (skull stripped where
+    it is on), and for 2-D slices ``slices2d`` (the skull-on slice's 2-D brain mask) and ``finish``, as ``prepare``
+    treats a folder of slices."""
     prep = det.record["prepare"]
     size, margin, fraction = int(prep["image_size"]), float(prep["strip_margin_mm"]), float(prep["min_brain_fraction"])
-    flat = img.shape[2] == 1 or is_slice_file(scan)
-    ml = head_volume_ml(img) if skull == "auto" and not flat else None
+    if is_slice_file(scan):  # as the run's 2-D slices were prepared (data/prepare.py, slices_root)
+        vol = read_slice(scan)
+        cm2 = float(brain_from_background(vol).brain.sum() * np.prod(vol.spacing[:2]) / 100.0)
+        on = skull == "on" or (skull == "auto" and cm2 > SKULL_SLICE_CM2)
+        vol = with_brain(vol, on)
+        if mask is not None:
+            lesion = read_slice(mask).image > 0
+            if lesion.shape != vol.image.shape:
+                raise ScoreInputError(f"{mask}: shape {lesion.shape[:2]} differs from its slice {scan} "
+                                      f"({vol.image.shape[:2]})")
+            vol = replace(vol, lesion=lesion & vol.brain)
+        info = {"setting": skull, "on": on, "non_background_cm2": round(cm2, 1), "auto_limit_cm2": SKULL_SLICE_CM2}
+        return Prepared(finish(vol, size), np.array([0]), np.asarray(img.affine), tuple(img.shape), info, [], True)
+    ml = head_volume_ml(img) if skull == "auto" else None
     on = skull == "on" or (ml is not None and ml > SKULL_HEAD_ML)
     info = {"setting": skull, "on": on, "non_background_ml": None if ml is None else round(ml, 1),
             "auto_limit_ml": SKULL_HEAD_ML}
-    if flat:
-        if on:
-            raise ScoreInputError(f"{scan}: skull stripping needs a 3-D scan; strip the slice first and score it "
-                                  f"with --skull off")
-        lesion = (read_slice(mask) if mask is not None else None)
-        vol = preprocess(Volume.from_nifti(img, None, lesion, float(prep.get("min_mask_overlap", MIN_MASK_OVERLAP)),
-                                           {"image": scan, "lesion": str(mask)}), size, "background",
-                         strip_margin_mm=margin)
-        return Prepared(vol, select_slices(vol.brain, fraction), np.asarray(img.affine), tuple(img.shape), info, [],
-                        True)
     subject = Subject(scan_stem(scan), "score", scan, "tumour" if mask else "healthy",
                       "deepbet" if on else "background", lesion=mask)
     vol, meta = prepare_subject(subject, size, margin, fraction,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from addmlib import pipeline, score
+from addmlib.data import ixi
 from addmlib.data.datasets import packaged
 from addmlib.data.io import read_volume
 from addmlib.visualization.volumes import open_for_browsing
@@ -53,7 +54,7 @@ def scans(tmp_path_factory) -> dict[str, Path]:
     tumour = (np.rint(np.asarray(label.dataobj)) == qtim.lesion_label).astype(np.uint8)
     nib.save(nib.Nifti1Image(tumour, label.affine), folder / "tumour_mask.nii.gz")
     mid = np.asarray(nib.as_closest_canonical(sri).dataobj)[:, :, 80]
-    matplotlib.image.imsave(out["png"], np.flipud(mid.T)[:, ::-1], cmap="gray")  # radiological, anterior up
+    matplotlib.image.imsave(out["png"], np.flipud(mid.T), cmap="gray")  # rows anterior to posterior (slices2d)
     nib.save(nib.Nifti1Image(mid[:, :, None], np.diag([1.0, 1.0, 1.0, 1.0])), out["slice"])
     return out
 
@@ -116,6 +117,10 @@ def test_skull_on_with_a_mask_beside_the_scan_gives_its_metrics(run, scans, tmp_
 def test_two_d_slices_png_and_one_slice_nifti(run, scans, tmp_path, capsys):
     code, err = _ran([run, scans["png"], scans["slice"], "--skull", "off", "--out", tmp_path], capsys)
     assert code == 0, err
+    code, err = _ran([run, ixi.IXI_DIR / "png" / "sub-IXI002.png", "--out", tmp_path], capsys)  # skull on: auto
+    assert code == 0, err
+    ixi_summary = json.loads((tmp_path / "sub-IXI002" / "summary.json").read_text())
+    assert ixi_summary["skull"]["on"] is True and ixi_summary["skull"]["non_background_cm2"] > score.SKULL_SLICE_CM2
     for name, shape in (("slice", nib.load(scans["slice"]).shape), ("axial", None)):
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["input"]["two_d"] is True and summary["slices_scored"] == 1
@@ -124,7 +129,7 @@ def test_two_d_slices_png_and_one_slice_nifti(run, scans, tmp_path, capsys):
         if shape:
             assert amap.shape == shape
     png = json.loads((tmp_path / "axial" / "summary.json").read_text())
-    assert png["depth_contrast"] > score.DEPTH_CONTRAST_LIMIT
+    assert png["skull"]["on"] is False and png["depth_contrast"] > score.DEPTH_CONTRAST_LIMIT
 
 
 def test_an_inverted_contrast_is_warned_about(run, scans, tmp_path, capsys):
