@@ -507,14 +507,20 @@ DETECTOR_FILE = "detector.json"
 DETECTOR_FORMAT = 1
 
 
+def _calibrated(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The threshold calibrated on all healthy brains of a calibration, and the fusion set on all of them."""
+    fusion = result.get("intensity_fusion")
+    return {"threshold": float(result["threshold"]), "fusion": None if not fusion else {
+        "weight": fusion["weight"], "rule": fusion["rule"], "scale": fusion["scale"],
+        "anchors": fusion.get("anchors", {}).get("None")}}
+
+
 def detector_model(run_dir: Path, model_json: Path, result: Mapping[str, Any]) -> dict[str, Any]:
     """One model's entry of ``detector.json``: its record (relative to the run, so that a copied run scores with its
-    own weights), the threshold calibrated on all healthy brains, and the fusion set on all of them."""
-    fusion = result.get("intensity_fusion")
-    return {"model_json": os.path.relpath(model_json, run_dir), "threshold": float(result["threshold"]),
-            "fusion": None if not fusion else {
-                "weight": fusion["weight"], "rule": fusion["rule"], "scale": fusion["scale"],
-                "anchors": fusion.get("anchors", {}).get("None")}}
+    own weights), the threshold and fusion of the volumes' calibration (``val_healthy``) and, under
+    ``calibrations``, those of every healthy split the run calibrated on (``ixi_calib``: the 2-D slices')."""
+    return {"model_json": os.path.relpath(model_json, run_dir), **_calibrated(result),
+            "calibrations": {split: _calibrated(c) for split, c in result.get("calibration", {}).items()}}
 
 
 def intensity_reference(data: PreparedDataset) -> list[float]:

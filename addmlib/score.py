@@ -77,6 +77,8 @@ SKULL_SLICE_CM2 = 250.0
 Measured: the largest axial slice of each brain-only embedded scan holds 174-219 cm², the IXI mid-axial slices (skull
 on) 276-342 cm² (docs/own-scan.md); a skull-on slice near the vertex may read as brain only: ``--skull on``."""
 
+SLICE_CALIBRATION = "ixi_calib"
+"""The healthy split that calibrates 2-D slices (``prepare.CALIBRATION_SPLIT``), where the run evaluated one."""
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
 TOP_COMPONENTS = 5
 
@@ -94,22 +96,17 @@ class Detector:
     checkpoint: Path
     record: dict[str, Any]
 
-    @property
-    def entry(self) -> dict[str, Any]:
-        return self.record["models"][self.model]
-
-    @property
-    def threshold(self) -> float:
-        return float(self.entry["threshold"])
-
-    @property
-    def fusion(self) -> FusionParams | None:
-        """The intensity fusion set on all healthy brains, or None (the residual alone)."""
-        f = self.entry.get("fusion")
+    def calibration(self, flat: bool = False) -> tuple[str, float, FusionParams | None]:
+        """(healthy split, threshold, intensity fusion or None) that a scan is thresholded with: for a 2-D slice the
+        run's 2-D calibration (``SLICE_CALIBRATION``) where it has one, else the volumes' (``val_healthy``)."""
+        entry = self.record["models"][self.model]
+        split = SLICE_CALIBRATION if flat and SLICE_CALIBRATION in entry.get("calibrations", {}) else "val_healthy"
+        chosen = entry["calibrations"][split] if split == SLICE_CALIBRATION else entry
+        f = chosen.get("fusion")
         if not f:
-            return None
+            return split, float(chosen["threshold"]), None
         anchors = tuple(tuple(a) for a in f["anchors"]) if f.get("anchors") else None
-        return FusionParams(float(f["scale"]), anchors)  # type: ignore[arg-type]
+        return split, float(chosen["threshold"]), FusionParams(float(f["scale"]), anchors)  # type: ignore[arg-type]
 
     @property
     def post_processing(self) -> PostProcessing:
@@ -273,7 +270,7 @@ def score_prepared(det: Detector, scorer: Callable[..., Any], vol: PreparedVolum
     fused and thresholded as the evaluation treated one volume; with a lesion mask, Dice at the threshold, AUROC and
     AUPRC over the brain on the scored slices, as the evaluation measures them."""
     stride = 1 if flat else int(det.record["scoring"]["slice_stride"])
-    pp, fusion, thr = det.post_processing, det.fusion, det.threshold
+    pp, (_, thr, fusion) = det.post_processing, det.calibration(flat)
     amap, recon = np.zeros(vol.image.shape, np.float32), np.zeros(vol.image.shape, np.float32)
     flagged = np.zeros(vol.image.shape, bool)
     hist, counts = BinnedScores(*SCORE_RANGE), np.zeros(3, dtype=np.int64)
@@ -390,6 +387,7 @@ def score_scan(det: Detector, scorer: Callable[..., Any], scan: Path, img: nib.N
     vol = match_landmarks(prep.volume, np.asarray(reference)) if det.record["prepare"].get(
         "histogram_standardisation", True) else prep.volume
     pv = PreparedVolume(stem, "score", vol.image, vol.brain, vol.lesion, vol.affine, prep.slices, {})
+    calibrated_on, threshold, _ = det.calibration(prep.flat)
     with tqdm(total=len(prep.slices), desc=f"scoring {stem}", unit="slice") as bar:
         scored = score_prepared(det, scorer, pv, prep.flat, bar.update)
     out.mkdir(parents=True, exist_ok=True)
@@ -403,11 +401,11 @@ def score_scan(det: Detector, scorer: Callable[..., Any], scan: Path, img: nib.N
             canon = nib.as_closest_canonical(nib.Nifti1Image(np.stack([np.asarray(img.dataobj, np.float32).reshape(
                 prep.native_shape), map_native, flagged_native.astype(np.float32)], -1), prep.native_affine))
             arrays = np.asarray(canon.dataobj)
-            fig = slices_figure(arrays[..., 0], arrays[..., 1], arrays[..., 2] > 0.5, det.threshold,
+            fig = slices_figure(arrays[..., 0], arrays[..., 1], arrays[..., 2] > 0.5, threshold,
                                 f"{stem} · {det.model} of {det.run_dir.name}")
         else:
             fig = slices_figure(*(a[:, :, None] for a in (vol.image[:, :, 0], scored.amap[:, :, 0],
-                                                          scored.flagged[:, :, 0])), det.threshold,
+                                                          scored.flagged[:, :, 0])), threshold,
                                 f"{stem} · {det.model} of {det.run_dir.name} (prepared grid)", n=1)
         files["png"] = f"{stem}_slices.png"
         with atomic_path(work / files["png"]) as tmp:
@@ -415,7 +413,8 @@ def score_scan(det: Detector, scorer: Callable[..., Any], scan: Path, img: nib.N
         summary = {
             "scan": str(scan.resolve()), "mask": str(mask.resolve()) if mask else None,
             "run": str(det.run_dir.resolve()), "model": det.model, "checkpoint": str(det.checkpoint.resolve()),
-            "eval_name": det.record.get("eval_name"), "threshold": det.threshold, "fpr": det.record.get("fpr"),
+            "eval_name": det.record.get("eval_name"), "threshold": threshold, "fpr": det.record.get("fpr"),
+            "calibrated_on": calibrated_on,
             "input": {"shape": list(prep.native_shape), "two_d": prep.flat,
                       "spacing_mm": [round(float(s), 4) for s in nib.affines.voxel_sizes(prep.native_affine)]},
             "skull": prep.skull, "slices_scored": int(len(prep.slices)),

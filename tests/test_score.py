@@ -18,9 +18,10 @@ from addmlib.visualization.volumes import open_for_browsing
 
 ROOT = Path(__file__).resolve().parent.parent
 CI = ROOT / "params" / "ci" / "ci.yaml"
-FAST = {"sample_steps": 1, "eval_noise": "none", "baselines": [], "eval_sets": ["eval_a"], "write_nifti": False}
-"""The ci run evaluated again scoring as the demo does (one network call per slice), on set A alone: what scoring reads
-(detector.json), at a few seconds per scan."""
+FAST = {"sample_steps": 1, "eval_noise": "none", "baselines": [], "eval_sets": ["eval_a", "ixi_test"],
+        "write_nifti": False}
+"""The ci run evaluated again scoring as the demo does (one network call per slice), on set A and the IXI test slices
+(calibrated on val_healthy and on ixi_calib): what scoring reads (detector.json), at a few seconds per scan."""
 
 pytestmark = [pytest.mark.slow, pytest.mark.registry]
 
@@ -81,6 +82,7 @@ def test_a_volume_without_mask_comes_back_on_its_own_grid_in_any_orientation(run
         flagged = np.asarray(nib.load(folder / f"{name}_flagged.nii.gz").dataobj)
         assert set(np.unique(flagged)) <= {0, 1} and flagged.any()
         assert summary["threshold"] == det["models"]["addm"]["threshold"] and summary["metrics"] is None
+        assert summary["calibrated_on"] == "val_healthy"
         assert summary["skull"]["on"] is False and summary["warnings"] == []
         voxel_ml = abs(np.linalg.det(src.affine[:3, :3])) / 1000
         assert summary["flagged_ml"] == pytest.approx(flagged.sum() * voxel_ml, abs=1e-3)
@@ -121,6 +123,10 @@ def test_two_d_slices_png_and_one_slice_nifti(run, scans, tmp_path, capsys):
     assert code == 0, err
     ixi_summary = json.loads((tmp_path / "sub-IXI002" / "summary.json").read_text())
     assert ixi_summary["skull"]["on"] is True and ixi_summary["skull"]["non_background_cm2"] > score.SKULL_SLICE_CM2
+    calibrations = json.loads((run / "eval" / "detector.json").read_text())["models"]["addm"]["calibrations"]
+    assert ixi_summary["calibrated_on"] == "ixi_calib"
+    thresholds = {split: c["threshold"] for split, c in calibrations.items()}
+    assert ixi_summary["threshold"] == thresholds["ixi_calib"] != thresholds["val_healthy"]
     for name, shape in (("slice", nib.load(scans["slice"]).shape), ("axial", None)):
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["input"]["two_d"] is True and summary["slices_scored"] == 1
@@ -199,3 +205,15 @@ def test_the_notebook_scores_and_browses(run, scans, tmp_path):
                               {"run_dir": str(run), "scans": [str(scans["slice"])], "out_dir": str(tmp_path / "out"),
                                "skull": "off"}, cell_timeout=600)
     assert (tmp_path / "out" / "slice" / "summary.json").is_file()
+
+
+def test_the_benchmark_times_scoring_a_scan(run):
+    from addmlib import benchmark as bm
+    from addmlib.config import BenchConfig, validate
+
+    cfg = validate(BenchConfig, {"quality_run_dir": str(run), "threads": 1, "device": "cpu"}, "test")
+    (case,) = bm.score_cases(cfg, ("sri24",))
+    bm.validate_case(case, "test")
+    row = bm.run_case_here(case)
+    assert row["slices"] > 0 and 0 < row["wall_s"] and row["skull_on"] is False and len(row["native_shape"]) == 3
+    assert bm.score_cases(validate(BenchConfig, {"quality_run_dir": str(run / "nowhere")}, "test")) == []
