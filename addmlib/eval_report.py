@@ -4,6 +4,7 @@ the AnoDDPM protocol table, ROC/PR curves, the set-A montage and the reading of 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -85,11 +86,14 @@ def best_floor(results: Results, split: str, key: str | None = None) -> tuple[st
 
 def kind_table(results: Results, split: str) -> str:
     """Markdown: per map, pooled AUROC and AUPRC and the AUPRC pooled over each lesion kind's volumes (``by_kind``),
-    with the best floor of each column (bright, dark or two-sided: whichever is highest there) as the last row."""
+    with the best floor of each column (bright, dark or two-sided: whichever is highest there) as the last row; a
+    split without lesion kinds (real tumours) gets ``lesion_kind_table``."""
     scored = {label: res for label, res in results.items() if split in res}
     if not scored:
         raise ValueError(f"no result holds the split {split!r}")
     kinds = sorted({k for res in scored.values() for k in res[split].get("by_kind", {})})
+    if not kinds:  # real tumours: one kind per scan
+        return lesion_kind_table(results, split)
     rows = ["| map | AUROC | AUPRC | " + " | ".join(f"AUPRC {k}" for k in kinds) + " |",
             "|---" * (len(kinds) + 3) + "|"]
     for label, res in scored.items():
@@ -250,3 +254,20 @@ def kind_figure(scored: Mapping[str, Sequence[ScoredVolume]], kind: str, example
                        title=f"{short}: map" if r == 0 else None, contour=v.lesion[:, :, k], contour_colour="c")
     fig.tight_layout()
     return fig
+
+
+def save_kind_figures(shown: Mapping[str, Mapping[str, Sequence[ScoredVolume]]], splits: Sequence[str],
+                      folder: Path) -> list[Path]:
+    """``kind_figure`` of every lesion kind on each of ``splits`` that was scored (``shown``: row label -> split ->
+    scored volumes, as ``evaluate_run`` returns them), saved as ``folder/kind_<split>_<kind>.png``."""
+    from .data.lesion_kinds import KINDS
+
+    written = []
+    for split in splits:
+        volumes = {label: sets.get(split, []) for label, sets in shown.items()}
+        for kind in KINDS:
+            fig = kind_figure(volumes, kind)
+            if fig is not None:
+                written.append(folder / f"kind_{split}_{kind}.png")
+                fig.savefig(written[-1], dpi=110)
+    return written
