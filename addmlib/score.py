@@ -269,16 +269,13 @@ def score_prepared(det: Detector, scorer: Callable[..., Any], vol: PreparedVolum
     """Score every selected slice of ``vol`` in the run's ``slice_stride`` interleaved stacks, each post-processed,
     fused and thresholded as the evaluation treated one volume; with a lesion mask, Dice at the threshold, AUROC and
     AUPRC over the brain on the scored slices, as the evaluation measures them."""
-    stride = 1 if flat else int(det.record["scoring"]["slice_stride"])
+    stride = int(det.record["scoring"]["slice_stride"])  # a 2-D slice is one stack of one
     pp, (_, thr, fusion) = det.post_processing, det.calibration(flat)
     amap, recon = np.zeros(vol.image.shape, np.float32), np.zeros(vol.image.shape, np.float32)
     flagged = np.zeros(vol.image.shape, bool)
     hist, counts = BinnedScores(*SCORE_RANGE), np.zeros(3, dtype=np.int64)
     for offset in range(min(stride, len(vol.slices))):
         (v,) = score_split(scorer, [replace(vol, slices=vol.slices[offset:])], stride, pp)
-        if flat:  # one slice: post-processed in 2-D (a stack of one would erode the brain away along z)
-            v = replace(v, **{k: getattr(v, k)[:, :, 0] for k in ("image", "reconstruction", "brain", "lesion", "raw")},
-                        spacing=v.spacing[:2])
         m = fused_map(v, fusion, pp) if fusion is not None else post_process(v.raw, v.brain, v.spacing, pp)
         pred = remove_small_components((m >= thr) & v.brain, pp.min_component_voxels)
         if vol.lesion is not None:
