@@ -408,7 +408,7 @@ def _evaluate_calibrated(scorer: Scorer, data: PreparedDataset, healthy_split: s
     threshold = calibrate(hists, fpr)
     # leave-one-host-out: set B's hosts are healthy brains of val_healthy; an IXI set's slices are other individuals
     without_host = {h: calibrate(hists, fpr, exclude=h) for h in hists} if healthy_split == "val_healthy" else {}
-    if intensity_weight and without_host:  # recalibrate each leave-one-host-out threshold on the fusion its set-B volumes get
+    if intensity_weight and without_host:  # each leave-one-host-out threshold on the fusion its set-B volumes get
         for h in hists:
             others = [v for v in healthy if v.id != h]
             without_host[h] = calibrate(healthy_histograms(others, {v.id: fused_map(v, params(h), pp)
@@ -584,9 +584,9 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     With ``cfg.intensity_weight`` > 0 every model and autoencoder gets two rows from one pass of its network: its map
     fused with the intensity, the row whose maps are written and shown (its info's ``name`` is the model's, and its
     ``wall_time_s`` holds the network pass), and its residual alone (``name`` "<model>-w0"). The floors are what they
-    are. Returns (results, infos, the scored volumes of each set, per split), each keyed by the row label. What scoring a new scan needs
-    (each model's calibrated threshold and fusion, the scoring, post-processing and preparation settings) is written
-    to ``out/detector.json`` (``detector_record``).
+    are. Returns (results, infos, the scored volumes of each set per split), each keyed by the row label. What scoring
+    a new scan needs (each model's calibrated threshold and fusion, the scoring, post-processing and preparation
+    settings) is written to ``out/detector.json`` (``detector_record``).
     """
     pp = PostProcessing(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels)
     run_dir = Path(cfg.run_dir).resolve()

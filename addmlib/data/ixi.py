@@ -9,8 +9,8 @@ thresholds and fusion scales), ``tune`` (lesions inserted; the only split settin
 (lesions inserted; scored for the report). No individual is in two splits.
 
 Brain mask (``brain_mask``): the slices are registered to one template level, so a 2-D classical mask works on them:
-tissue above a fraction of the head's Otsu level, eroded to cut the brain from the scalp, the largest component
-grown back and closed over the sulci, holes filled (shown over every slice in notebook 01).
+tissue above a fraction of the head's Otsu level, eroded to cut the brain from the scalp, its large solid components
+grown back and closed over the sulci, holes filled (notebook 01 shows it over a sample of the slices).
 """
 
 from __future__ import annotations
@@ -89,8 +89,9 @@ def read_png(sid: str) -> np.ndarray:
 
 def brain_mask(img: np.ndarray, erode_px: int = 4, close_px: int = 7) -> np.ndarray:
     """A 2-D brain mask of a skull-on T1 slice: tissue brighter than 3/8 of the head's Otsu level (skull and CSF
-    fall below), eroded by ``erode_px`` so the brain parts from the scalp, the solid components of at least a tenth of the
-    largest (not rings: the scalp) dilated back by one pixel more, closed by ``close_px`` (the sulcal CSF at the surface) and hole-filled (the ventricles)."""
+    fall below), eroded by ``erode_px`` so the brain parts from the scalp, the solid components of at least a tenth
+    of the largest (not rings: the scalp) dilated back by one pixel more, closed by ``close_px`` (the sulcal CSF at
+    the surface) and hole-filled (the ventricles)."""
     head = img > filters.threshold_otsu(img) * 0.5
     if not head.any():
         raise IXIError("the slice is empty: no head found")

@@ -71,7 +71,8 @@ def ellipse_region(brain: np.ndarray, spacing: np.ndarray, diameter_mm: float,
     else:
         rot = Rotation.random(random_state=rng).as_matrix()
     rho = np.sqrt((((mm @ rot) / radii) ** 2).sum(-1))
-    wobble = ndimage.gaussian_filter(rng.standard_normal(brain.shape), sigma=max(1.0, diameter_mm / 4 / float(spacing.min())))
+    sigma = max(1.0, diameter_mm / 4 / float(spacing.min()))
+    wobble = ndimage.gaussian_filter(rng.standard_normal(brain.shape), sigma=sigma)
     wobble /= wobble.std() + 1e-6
     return (rho <= 1.0 + 0.15 * wobble) & brain
 
@@ -108,8 +109,10 @@ def donor_region(brain: np.ndarray, spacing: np.ndarray, donor: np.ndarray, dono
     return region & brain
 
 
-def _shell_stats(image: np.ndarray, brain: np.ndarray, region: np.ndarray, spacing: np.ndarray,
-                 shell_mm: float = 6.0) -> tuple[float, float]:
+def shell_stats(image: np.ndarray, brain: np.ndarray, region: np.ndarray, spacing: np.ndarray,
+                shell_mm: float = 6.0) -> tuple[float, float]:
+    """Mean and std of the brain's intensities in a shell of ``shell_mm`` around ``region`` (the whole brain's when the
+    shell holds 10 voxels or fewer)."""
     dist = ndimage.distance_transform_edt(~region, sampling=spacing)
     shell = (dist > 0) & (dist <= shell_mm) & brain
     vals = image[shell] if shell.sum() > 10 else image[brain]
@@ -125,7 +128,7 @@ def insert(image: np.ndarray, brain: np.ndarray, region: np.ndarray, kind: str, 
     region = region & brain
     if not region.any():
         raise ValueError("the lesion region holds no brain voxel")
-    mean, std = _shell_stats(image, brain, region, spacing)
+    mean, std = shell_stats(image, brain, region, spacing)
     csf = float(np.percentile(image[brain], 2))
     fine = ndimage.gaussian_filter(rng.standard_normal(image.shape), sigma=0.7)
     fine /= fine.std() + 1e-6

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from .lesion_kinds import shell_stats
 from .preprocess import Volume
 
 
@@ -45,10 +46,7 @@ def _random_brain_centre(brain: np.ndarray, rng: np.random.Generator, min_depth_
 
 def _local_tissue(vol: Volume, region: np.ndarray, shell_mm: float = 6.0) -> tuple[float, float]:
     """Mean and std of brain intensities in a shell of ``shell_mm`` around ``region``."""
-    dist = ndimage.distance_transform_edt(~region, sampling=vol.spacing)
-    shell = (dist > 0) & (dist <= shell_mm) & vol.brain
-    vals = vol.image[shell] if shell.sum() > 10 else vol.image[vol.brain]
-    return float(vals.mean()), float(vals.std() + 1e-6)
+    return shell_stats(vol.image, vol.brain, region, vol.spacing, shell_mm)
 
 
 def synthetic_lesion(vol: Volume, rng: np.random.Generator, radius_mm: tuple[float, float] = (4.0, 14.0),

@@ -387,8 +387,8 @@ def _ixi_prepared(settings: PrepareSettings, wrap: Any) -> dict[str, dict[str, t
         out[split] = {}
         for sid in wrap(ids, desc=f"IXI {split}"):
             vol = finish(ixi.load_volume(sid), settings.image_size)
-            out[split][sid] = (vol, {"id": sid, "dataset": "ixi_midaxial", "role": "healthy", "brain_method": "2-D mask",
-                                     "subject": sid, "slices": [0]})
+            out[split][sid] = (vol, {"id": sid, "dataset": "ixi_midaxial", "role": "healthy",
+                                     "brain_method": "2-D mask", "subject": sid, "slices": [0]})
     return out
 
 
@@ -435,7 +435,8 @@ def _store_population(arrays: dict[str, np.ndarray], volumes: dict[str, list[dic
         rng = np.random.default_rng([settings.seed, 29, code])
         for n, (sid, (vol, meta)) in enumerate(population.get(split, {}).items()):
             for draw in range(settings.ixi_draws):
-                lesion = lesion_kinds.draw(vol.image, vol.brain, vol.spacing, n * settings.ixi_draws + draw, rng, donors)
+                index = n * settings.ixi_draws + draw
+                lesion = lesion_kinds.draw(vol.image, vol.brain, vol.spacing, index, rng, donors)
                 vid = f"{sid}+{lesion.detail['kind']}-d{draw}"
                 _store(arrays, volumes, split, vid, replace(vol, image=lesion.image, lesion=lesion.mask),
                        dict(meta, id=vid, draw=draw, lesion=lesion.detail, lesion_kind=lesion.detail["kind"],

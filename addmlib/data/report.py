@@ -28,8 +28,8 @@ def counts_table(manifest: Mapping[str, Any]) -> str:
 
 
 def volumes_table(manifest: Mapping[str, Any]) -> str:
-    """One line per volume (one per split for the IXI slices): split, id, kind (individual, average, synthetic, or its dataset), selected slices, lesion
-    voxels and the fraction of the lesion inside the brain."""
+    """One line per volume (one per split for the IXI slices): split, id, kind (individual, average, synthetic, or its
+    dataset), selected slices, lesion voxels and the fraction of the lesion inside the brain."""
     lines = [f"{'split':12s} {'volume':36s} {'kind':10s} {'slices':>6s} {'lesion vox':>10s} {'in brain':>8s}"]
     for split in SPLITS:
         population = [v for v in manifest["volumes"].get(split, []) if v.get("dataset") == "ixi_midaxial"]

@@ -53,17 +53,23 @@ def pick_slice(vol: PreparedVolume, pick: Literal["middle", "lesion"]) -> int:
     raise ValueError(f"pick must be 'middle' or 'lesion', got {pick!r}")
 
 
+def _panels(n: int, columns: int, size: tuple[float, float]) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of ``n`` panels, ``columns`` per row, each ``size`` inches (width, height), axes hidden."""
+    cols = min(n, columns)
+    n_rows = -(-n // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(size[0] * cols, size[1] * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
 def volume_montage(volumes: Sequence[PreparedVolume], pick: Literal["middle", "lesion"] = "middle",
                    columns: int = 9, title: str | None = None) -> plt.Figure:
     """One panel per volume (``columns`` per row): the slice ``pick_slice`` chooses, titled with the volume's id and
     the slice index, the lesion outlined in red where the slice has one."""
     if not volumes:
         raise ValueError("no volume to show")
-    cols = min(len(volumes), columns)
-    n_rows = -(-len(volumes) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(2 * cols, 2.3 * n_rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _panels(len(volumes), columns, (2.0, 2.3))
     for ax, v in zip(axes.flat, volumes):
         k = pick_slice(v, pick)
         show_slice(ax, v.image[:, :, k], contour=None if v.lesion is None else v.lesion[:, :, k],
@@ -79,11 +85,7 @@ def ixi_mask_montage(ids: Sequence[str], columns: int = 8) -> plt.Figure:
     the mask checked by eye."""
     from ..data import ixi
 
-    cols = min(len(ids), columns)
-    n_rows = -(-len(ids) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(1.8 * cols, 2.1 * n_rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _panels(len(ids), columns, (1.8, 2.1))
     for ax, sid in zip(axes.flat, ids):
         img = ixi.read_png(sid)
         ax.imshow(img, cmap="gray")
