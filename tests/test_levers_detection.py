@@ -492,14 +492,18 @@ def test_patch_scoring_stitches_every_patch():
 
 
 def test_demo_data_fingerprint_is_pinned():
-    """Settings added later at their defaults (tuning hosts, mask checks) must not rebuild existing datasets: the
-    demo's data keeps the fingerprint it had before them."""
+    """Settings added later at their defaults (tuning hosts, mask checks, the IXI splits, the lesion mix) must not
+    rebuild existing datasets: the demo's volumes-only data (as the earlier campaigns pin it) keeps the fingerprint it
+    had before them, and the population's settings make another one."""
     from addmlib.config import PrepareConfig, load_checked
     from addmlib.data.prepare import settings_from_config
 
-    cfg = load_checked(PrepareConfig, [ROOT / "params" / "demo.yaml"], pipeline=True)
+    volumes_only = {"ixi": "", "lesion_mix": "legacy", "lesions_per_host": 2}
+    cfg = load_checked(PrepareConfig, [ROOT / "params" / "demo.yaml"], volumes_only, pipeline=True)
     assert settings_from_config(cfg).fingerprint() == "b961c39bce3387b8"
     assert settings_from_config(cfg).tune_hosts == ()
+    demo = load_checked(PrepareConfig, [ROOT / "params" / "demo.yaml"], pipeline=True)
+    assert demo.ixi == "train" and settings_from_config(demo).fingerprint() != "b961c39bce3387b8"
 
 
 def _fake_apt(tmp_path, monkeypatch, deb: bytes, fail_until_update: bool):
