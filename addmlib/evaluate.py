@@ -422,7 +422,7 @@ def _evaluate_calibrated(scorer: Scorer, data: PreparedDataset, healthy_split: s
         scored[split] = vols
         thresholds = {v.id: without_host.get(v.volume.meta.get("host"), threshold) for v in vols}
         results[split] = measure(vols, thresholds, pp, anoddpm)
-        if maps_dir is not None:
+        if maps_dir is not None and split not in CALIBRATION_SPLIT:  # NIfTI maps of volumes, not of 2-D slices
             for v in vols:
                 write_maps(v, maps_dir / split, native=split == "eval_a")
     if fusion == "max":
