@@ -301,6 +301,8 @@ class PrepareConfig(RunConfig):
     ``ixi_train_max`` of them; 0: all). ``lesion_mix``: the lesions of set B and the tuning hosts, "legacy"
     (hypo/hyper ellipsoids and pasted tumours) or "kinds" (``data/lesion_kinds.py``: hypo, ring, hyper, iso in equal
     numbers, as on the IXI slices; ``lesions_per_host`` of them per host, a multiple of 4 gives each kind alike).
+    ``lesion_sites``: where the kinds (IXI slices, and set B with "kinds") may lie: "brain" (anywhere in the brain
+    mask) or "tissue" (the parenchyma only; a lesion never paints over a ventricle).
     ``slices_root``: a folder of 2-D slices with lesion masks (``<stem>.png`` / ``<stem>.nii.gz`` and
     ``<stem>_mask.<ext>``), the split ``slices_test``, prepared like the IXI slices (``slices_skull``: skull on; a PNG's
     pixel size ``slices_spacing_mm``) and calibrated on ``ixi_calib`` (so it needs ``ixi``).
@@ -331,6 +333,7 @@ class PrepareConfig(RunConfig):
     ixi_draws: int = 4
     ixi_train_max: int = 0
     lesion_mix: Literal["legacy", "kinds"] = "legacy"
+    lesion_sites: Literal["brain", "tissue"] = "brain"
     slices_root: str = ""
     slices_skull: bool = True
     slices_spacing_mm: float = 1.0

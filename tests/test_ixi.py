@@ -100,6 +100,38 @@ def test_kinds_come_in_equal_proportions_and_sizes_in_range():
     assert all(4.0 <= d.detail["diameter_mm"] <= 25.0 for d in drawn)
 
 
+@pytest.mark.parametrize("depth", [1, 12])
+def test_tissue_sites_keep_every_lesion_off_the_ventricles(depth):
+    image, brain, spacing = _slice(depth=depth)
+    tissue = lesion_kinds.tissue_mask(image, brain, spacing)
+    assert not (tissue & (image < -0.5)).any(), "the ventricles are not tissue"
+    assert tissue.sum() > 0.8 * (brain & (image > -0.5)).sum(), "the parenchyma is"
+    donor = np.zeros((40, 40, 10), bool)
+    donor[10:30, 12:22, 3:7] = True
+    hit_csf = 0
+    for i in range(24):  # every kind, ellipses and a real tumour's shape
+        args = (image, brain, spacing, i, np.random.default_rng(i), [("d", donor, np.ones(3))])
+        hit_csf += (lesion_kinds.draw(*args).mask & ~tissue).any()
+        out = lesion_kinds.draw(*args, sites="tissue")
+        assert out.mask.any() and not (out.mask & ~tissue).any()
+        assert np.array_equal(out.image != image, out.mask)
+    assert hit_csf, "anywhere in the brain, some lesions do cover the ventricles: the test can tell the two apart"
+
+
+def test_a_hypointense_lesion_in_tissue_is_darker_than_the_tissue_around_it():
+    image, brain, spacing = _slice(size=96)
+    for i in range(0, 16, 4):  # the hypo draws
+        out = lesion_kinds.draw(image, brain, spacing, i, np.random.default_rng(i), sites="tissue")
+        assert out.detail["kind"] == "hypo"
+        assert out.image[out.mask].mean() < out.detail["tissue_mean"] - 0.2
+
+
+def test_an_unknown_lesion_site_is_refused():
+    image, brain, spacing = _slice()
+    with pytest.raises(ValueError, match="lesion sites must be 'brain' or 'tissue'.*'wm'"):
+        lesion_kinds.draw(image, brain, spacing, 0, np.random.default_rng(0), sites="wm")
+
+
 def test_a_real_tumour_shape_is_scaled_and_placed_inside_the_brain():
     image, brain, spacing = _slice(size=96)
     donor = np.zeros((40, 40, 10), bool)
@@ -175,3 +207,10 @@ def test_a_folder_of_2d_slices_is_a_benchmark_split(tmp_path):
     (folder / "case3.png").write_bytes((folder / "case1.png").read_bytes())
     with pytest.raises(DatasetError, match="case3.png: no lesion mask case3_mask.png"):
         build(_settings(slices_root=str(folder), seed=1), tmp_path / "data2")
+
+
+def test_lesion_sites_move_the_lesions_but_not_the_training_data():
+    brain, tissue = _settings(), _settings(lesion_sites="tissue")
+    assert brain.fingerprint() != tissue.fingerprint()
+    assert brain.training_fingerprint() == tissue.training_fingerprint()
+    assert brain.fingerprint() == _settings(lesion_sites="brain").fingerprint(), "the default keeps older builds valid"

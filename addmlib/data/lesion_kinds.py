@@ -11,7 +11,10 @@ around it):
 * ``hyper``: m + v (1 - m), v ~ U(0.4, 1) (enhancing or haemorrhagic lesion; 1 is the clip of the normalisation);
 * ``iso``: the tissue's own mean with a coarse texture 1-2 tissue standard deviations strong (an iso-intense mass).
 
-m is the mean of the brain in a 6 mm shell around the region, c the brain's 2nd percentile (CSF). Every kind gets a
+m is the mean of the brain in a 6 mm shell around the region, c the brain's 2nd percentile (CSF). With
+``sites="tissue"`` a lesion replaces parenchyma only (``tissue_mask``): its centre lies in tissue, the ventricles and
+sulci inside its outline are left as they are, and m is the tissue's mean around it (a hypointense lesion drawn over a
+ventricle would otherwise be CSF painted lighter, and its "lesion" voxels invisible). Every kind gets a
 fine texture (0.25 of the shell's standard deviation). Shapes: an ellipse/ellipsoid of diameter ``diameter_mm`` with
 a smoothly irregular boundary, or a real tumour's mask (``donor``) scaled to that diameter. The region is blended in
 with weight 1 inside and at least 1/2 on its boundary voxels, and nothing outside it changes: the mask is exactly
@@ -47,22 +50,34 @@ def _offsets_mm(shape: tuple[int, ...], centre: np.ndarray, spacing: np.ndarray)
     return (np.stack(axes, -1) - centre.astype(np.float32)) * spacing.astype(np.float32)
 
 
-def _centre(brain: np.ndarray, spacing: np.ndarray, radius_mm: float, rng: np.random.Generator) -> np.ndarray:
-    """A random brain voxel at least ``radius_mm`` (in-plane) from the brain's edge where there is one."""
+def tissue_mask(image: np.ndarray, brain: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The brain's parenchyma: brain voxels whose intensity, smoothed by a 1 mm Gaussian, lies above the midpoint of
+    the brain's CSF level (2nd percentile) and its median; the ventricles and sulci fall below it on T1."""
+    values = image[brain]
+    cut = 0.5 * (float(np.percentile(values, 2)) + float(np.median(values)))
+    sigma = [1.0 / s if n > 1 else 0.0 for s, n in zip(spacing, image.shape)]
+    return brain & (ndimage.gaussian_filter(image.astype(np.float32), sigma=sigma) > cut)
+
+
+def _centre(brain: np.ndarray, spacing: np.ndarray, radius_mm: float, rng: np.random.Generator,
+            sites: np.ndarray | None = None) -> np.ndarray:
+    """A random brain voxel (inside ``sites`` when given) at least ``radius_mm`` from the brain's edge where there is
+    one."""
     depth = ndimage.distance_transform_edt(brain, sampling=spacing)
-    candidates = np.argwhere(depth >= radius_mm)
+    allowed = brain if sites is None else sites & brain
+    candidates = np.argwhere((depth >= radius_mm) & allowed)
     if len(candidates) == 0:
-        candidates = np.argwhere(depth >= depth.max() * 0.5)
+        candidates = np.argwhere((depth >= depth[allowed].max() * 0.5) & allowed)
     return candidates[rng.integers(len(candidates))]
 
 
-def ellipse_region(brain: np.ndarray, spacing: np.ndarray, diameter_mm: float,
-                   rng: np.random.Generator) -> np.ndarray:
+def ellipse_region(brain: np.ndarray, spacing: np.ndarray, diameter_mm: float, rng: np.random.Generator,
+                   sites: np.ndarray | None = None) -> np.ndarray:
     """An ellipse (ellipsoid) of the given diameter, axes 0.6-1 of it, random orientation, boundary perturbed by
-    smooth noise of 15 % of the radius, inside the brain."""
+    smooth noise of 15 % of the radius, inside the brain (and ``sites``, where its centre also lies, when given)."""
     ndim = 3 if brain.shape[2] > 1 else 2
     radii = diameter_mm / 2 * np.concatenate([[1.0], rng.uniform(0.6, 1.0, size=2)])
-    centre = _centre(brain, spacing, float(radii.min()), rng)
+    centre = _centre(brain, spacing, float(radii.min()), rng, sites)
     mm = _offsets_mm(brain.shape, centre, spacing)
     if ndim == 2:
         angle = rng.uniform(0, np.pi)
@@ -74,13 +89,14 @@ def ellipse_region(brain: np.ndarray, spacing: np.ndarray, diameter_mm: float,
     sigma = max(1.0, diameter_mm / 4 / float(spacing.min()))
     wobble = ndimage.gaussian_filter(rng.standard_normal(brain.shape), sigma=sigma)
     wobble /= wobble.std() + 1e-6
-    return (rho <= 1.0 + 0.15 * wobble) & brain
+    return (rho <= 1.0 + 0.15 * wobble) & brain & (brain if sites is None else sites)
 
 
 def donor_region(brain: np.ndarray, spacing: np.ndarray, donor: np.ndarray, donor_spacing: np.ndarray,
-                 diameter_mm: float, rng: np.random.Generator) -> np.ndarray:
+                 diameter_mm: float, rng: np.random.Generator, sites: np.ndarray | None = None) -> np.ndarray:
     """A real tumour's mask (``donor``, on its own grid) scaled so its equivalent diameter is ``diameter_mm`` and
-    placed at a random deep brain site; for a one-slice ``brain`` the donor's largest axial cross-section is used."""
+    placed at a random deep brain site (inside ``sites`` when given, as the region is); for a one-slice ``brain`` the
+    donor's largest axial cross-section is used."""
     if not donor.any():
         raise ValueError("the donor mask is empty")
     if brain.shape[2] == 1:
@@ -100,13 +116,13 @@ def donor_region(brain: np.ndarray, spacing: np.ndarray, donor: np.ndarray, dono
         scaled = scaled[::-1]  # a mirrored copy: more shapes from few tumours
     if not scaled.any():
         scaled = np.ones((1, 1, 1), bool)  # scaled below one voxel: the smallest lesion there is
-    centre = _centre(brain, spacing, diameter_mm / 2, rng)
+    centre = _centre(brain, spacing, diameter_mm / 2, rng, sites)
     start = centre - np.round(np.argwhere(scaled).mean(0)).astype(int)
     start = np.clip(start, 0, np.maximum(np.array(brain.shape) - np.array(scaled.shape), 0))
     region = np.zeros(brain.shape, bool)
     dst = tuple(slice(int(s), int(s) + n) for s, n in zip(start, scaled.shape))
     region[dst] = scaled[tuple(slice(0, r.stop - r.start) for r in dst)]
-    return region & brain
+    return region & brain & (brain if sites is None else sites)
 
 
 def shell_stats(image: np.ndarray, brain: np.ndarray, region: np.ndarray, spacing: np.ndarray,
@@ -120,15 +136,16 @@ def shell_stats(image: np.ndarray, brain: np.ndarray, region: np.ndarray, spacin
 
 
 def insert(image: np.ndarray, brain: np.ndarray, region: np.ndarray, kind: str, spacing: np.ndarray,
-           rng: np.random.Generator) -> Inserted:
-    """Fill ``region`` (inside ``brain``) with lesion ``kind`` (see the module docstring); returns the new image, the
-    mask of what changed (the region) and the drawn levels."""
+           rng: np.random.Generator, surround: np.ndarray | None = None) -> Inserted:
+    """Fill ``region`` (inside ``brain``) with lesion ``kind`` (see the module docstring); the tissue level m is taken
+    over ``surround`` (default: the brain). Returns the new image, the mask of what changed (the region) and the drawn
+    levels."""
     if kind not in KINDS:
         raise ValueError(f"unknown lesion kind {kind!r}; expected one of {KINDS}")
     region = region & brain
     if not region.any():
         raise ValueError("the lesion region holds no brain voxel")
-    mean, std = shell_stats(image, brain, region, spacing)
+    mean, std = shell_stats(image, brain if surround is None else surround & brain, region, spacing)
     csf = float(np.percentile(image[brain], 2))
     fine = ndimage.gaussian_filter(rng.standard_normal(image.shape), sigma=0.7)
     fine /= fine.std() + 1e-6
@@ -163,20 +180,24 @@ def insert(image: np.ndarray, brain: np.ndarray, region: np.ndarray, kind: str, 
 
 
 def draw(image: np.ndarray, brain: np.ndarray, spacing: np.ndarray, index: int, rng: np.random.Generator,
-         donors: list[tuple[str, np.ndarray, np.ndarray]] | None = None) -> Inserted:
+         donors: list[tuple[str, np.ndarray, np.ndarray]] | None = None, sites: str = "brain") -> Inserted:
     """Lesion number ``index`` of a benchmark: kind ``KINDS[index % 4]`` (equal proportions), diameter ~ U(4, 25) mm,
     a real tumour's shape for every third group of four when ``donors`` ((name, mask, spacing)) are given, else an
-    irregular ellipse. Redrawn (up to 20 times) where the region would hold fewer than 2 brain voxels."""
+    irregular ellipse; anywhere in the brain (``sites="brain"``) or in its parenchyma only (``"tissue"``,
+    ``tissue_mask``). Redrawn (up to 20 times) where the region would hold fewer than 2 voxels."""
+    if sites not in ("brain", "tissue"):
+        raise ValueError(f"lesion sites must be 'brain' or 'tissue', got {sites!r}")
     kind = KINDS[index % len(KINDS)]
+    allowed = tissue_mask(image, brain, spacing) if sites == "tissue" else None
     for _ in range(20):
         diameter = float(rng.uniform(*DIAMETER_MM))
         if donors and (index // len(KINDS)) % 3 == 2:
             name, mask, dspacing = donors[(index // (3 * len(KINDS))) % len(donors)]
-            region, shape = donor_region(brain, spacing, mask, dspacing, diameter, rng), f"donor:{name}"
+            region, shape = donor_region(brain, spacing, mask, dspacing, diameter, rng, allowed), f"donor:{name}"
         else:
-            region, shape = ellipse_region(brain, spacing, diameter, rng), "ellipse"
+            region, shape = ellipse_region(brain, spacing, diameter, rng, allowed), "ellipse"
         if region.sum() >= 2:
-            out = insert(image, brain, region, kind, spacing, rng)
+            out = insert(image, brain, region, kind, spacing, rng, allowed)
             return Inserted(out.image, out.mask, {**out.detail, "shape": shape, "diameter_mm": round(diameter, 2),
                                                   "voxels": int(out.mask.sum())})
     raise ValueError(f"found no site for a {kind} lesion in 20 draws: is the brain mask tiny?")

@@ -18,7 +18,9 @@ Splits are by subject, never by slice:
 
 ``lesion_mix``: "legacy" inserts set B's and the tuning hosts' lesions as hypo/hyper textured ellipsoids and pasted
 real tumours (their own intensities); "kinds" inserts the four kinds of ``lesion_kinds`` in equal proportions instead,
-every third group of four in a real tumour's shape, as on the IXI slices.
+every third group of four in a real tumour's shape, as on the IXI slices. ``lesion_sites``: where those kinds may lie,
+"brain" (anywhere inside the brain mask, ventricles included) or "tissue" (the parenchyma only,
+``lesion_kinds.tissue_mask``).
 
 Each volume is stored preprocessed (N x N x Z axial stack, float16 in [-1, 1]) with its brain mask, lesion mask,
 voxel->world affine, the indices of the slices that hold enough brain, and the geometry of the scan it came from so
@@ -82,6 +84,7 @@ class PrepareSettings:
     ixi_draws: int = 4
     ixi_train_max: int = 0
     lesion_mix: str = "legacy"
+    lesion_sites: str = "brain"
     slices_root: str = ""
     slices_skull: bool = True
     slices_spacing_mm: float = 1.0
@@ -101,12 +104,14 @@ class PrepareSettings:
         """The fingerprint of these settings with one lesion draw per tuning and set-B host. Builds that differ only in
         ``tune_draws`` or ``eval_b_draws`` hold the same training and healthy slices (later draws are inserted last,
         and the first draws stay as they were), so a model trained on one of them is valid for all: models and
-        baselines are keyed by this."""
-        return replace(self, tune_draws=1, eval_b_draws=1).fingerprint()
+        baselines are keyed by this. ``lesion_sites`` moves lesions only, never a training slice, so it does not count
+        either."""
+        return replace(self, tune_draws=1, eval_b_draws=1, lesion_sites="brain").fingerprint()
 
 
 _LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws", "eval_b_draws", "ixi",
-                 "ixi_draws", "ixi_train_max", "lesion_mix", "slices_root", "slices_skull", "slices_spacing_mm")
+                 "ixi_draws", "ixi_train_max", "lesion_mix", "lesion_sites", "slices_root", "slices_skull",
+                 "slices_spacing_mm")
 
 
 def settings_from_config(cfg: Any) -> PrepareSettings:
@@ -299,7 +304,8 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
             suffix = f"-draw{draw}" if draw else ""
             if settings.lesion_mix == "kinds":
                 for i in range(settings.lesions_per_host):
-                    lesion = lesion_kinds.draw(host.image, host.brain, host.spacing, i, rng, donors)
+                    lesion = lesion_kinds.draw(host.image, host.brain, host.spacing, i, rng, donors,
+                                              settings.lesion_sites)
                     vid = f"{host_name}+{lesion.detail['kind']}{i:02d}{suffix}"
                     _store(arrays, volumes, split, vid, replace(host, image=lesion.image, lesion=lesion.mask),
                            dict(host_meta, id=vid, host=host_name, draw=draw, lesion=lesion.detail,
@@ -436,7 +442,8 @@ def _store_population(arrays: dict[str, np.ndarray], volumes: dict[str, list[dic
         for n, (sid, (vol, meta)) in enumerate(population.get(split, {}).items()):
             for draw in range(settings.ixi_draws):
                 index = n * settings.ixi_draws + draw
-                lesion = lesion_kinds.draw(vol.image, vol.brain, vol.spacing, index, rng, donors)
+                lesion = lesion_kinds.draw(vol.image, vol.brain, vol.spacing, index, rng, donors,
+                                           settings.lesion_sites)
                 vid = f"{sid}+{lesion.detail['kind']}-d{draw}"
                 _store(arrays, volumes, split, vid, replace(vol, image=lesion.image, lesion=lesion.mask),
                        dict(meta, id=vid, draw=draw, lesion=lesion.detail, lesion_kind=lesion.detail["kind"],
