@@ -302,7 +302,8 @@ class PrepareConfig(RunConfig):
     (hypo/hyper ellipsoids and pasted tumours) or "kinds" (``data/lesion_kinds.py``: hypo, ring, hyper, iso in equal
     numbers, as on the IXI slices; ``lesions_per_host`` of them per host, a multiple of 4 gives each kind alike).
     ``lesion_sites``: where the kinds (IXI slices, and set B with "kinds") may lie: "brain" (anywhere in the brain
-    mask) or "tissue" (the parenchyma only; a lesion never paints over a ventricle).
+    mask) or "tissue" (the parenchyma only; a lesion never paints over a ventricle). ``lesion_texture``: their fine
+    texture in units of the surrounding tissue's std (0.25; 0: smooth lesions).
     ``slices_root``: a folder of 2-D slices with lesion masks (``<stem>.png`` / ``<stem>.nii.gz`` and
     ``<stem>_mask.<ext>``), the split ``slices_test``, prepared like the IXI slices (``slices_skull``: skull on; a PNG's
     pixel size ``slices_spacing_mm``) and calibrated on ``ixi_calib`` (so it needs ``ixi``).
@@ -334,6 +335,7 @@ class PrepareConfig(RunConfig):
     ixi_train_max: int = 0
     lesion_mix: Literal["legacy", "kinds"] = "legacy"
     lesion_sites: Literal["brain", "tissue"] = "brain"
+    lesion_texture: float = 0.25
     slices_root: str = ""
     slices_skull: bool = True
     slices_spacing_mm: float = 1.0
@@ -347,6 +349,9 @@ class PrepareConfig(RunConfig):
             raise ValueError(f"slices_spacing_mm must be > 0, got {self.slices_spacing_mm}")
         if self.ixi_train_max < 0:
             raise ValueError(f"ixi_train_max must be >= 0 (0: every IXI training slice), got {self.ixi_train_max}")
+        if not 0 <= self.lesion_texture <= 2:
+            raise ValueError(f"lesion_texture must be in [0, 2] (the lesions' fine texture in tissue stds), got "
+                             f"{self.lesion_texture}")
         for name in ("tune_draws", "eval_b_draws", "ixi_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -214,3 +214,20 @@ def test_lesion_sites_move_the_lesions_but_not_the_training_data():
     assert brain.fingerprint() != tissue.fingerprint()
     assert brain.training_fingerprint() == tissue.training_fingerprint()
     assert brain.fingerprint() == _settings(lesion_sites="brain").fingerprint(), "the default keeps older builds valid"
+
+
+def test_smooth_lesions_differ_from_textured_ones_only_in_their_texture():
+    image, brain, spacing = _slice(size=96)
+    for i in range(4):  # one of each kind, from the same random stream
+        rough = lesion_kinds.draw(image, brain, spacing, i, np.random.default_rng(i), sites="tissue")
+        smooth = lesion_kinds.draw(image, brain, spacing, i, np.random.default_rng(i), sites="tissue", texture=0.0)
+        assert np.array_equal(rough.mask, smooth.mask) and rough.detail == smooth.detail
+        core = smooth.mask & (ndimage.distance_transform_edt(smooth.mask, sampling=spacing) > 3)
+        if smooth.detail["kind"] in ("hypo", "hyper") and core.any():
+            assert smooth.image[core].std() < 0.2 * rough.image[core].std()
+
+
+def test_lesion_texture_out_of_range_is_refused_by_name():
+    from addmlib.config import ConfigError, PrepareConfig, validate
+    with pytest.raises(ConfigError, match="lesion_texture must be in \\[0, 2\\]"):
+        validate(PrepareConfig, {"lesion_texture": -1.0}, "p.yaml")

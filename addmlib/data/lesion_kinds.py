@@ -15,7 +15,8 @@ m is the mean of the brain in a 6 mm shell around the region, c the brain's 2nd 
 ``sites="tissue"`` a lesion replaces parenchyma only (``tissue_mask``): its centre lies in tissue, the ventricles and
 sulci inside its outline are left as they are, and m is the tissue's mean around it (a hypointense lesion drawn over a
 ventricle would otherwise be CSF painted lighter, and its "lesion" voxels invisible). Every kind gets a
-fine texture (0.25 of the shell's standard deviation). Shapes: an ellipse/ellipsoid of diameter ``diameter_mm`` with
+fine texture (``texture`` x the shell's standard deviation, 0.25 by default; 0: smooth lesions, as real
+tumours are at this resolution: a fine texture is what a denoiser flags even where it copies the lesion). Shapes: an ellipse/ellipsoid of diameter ``diameter_mm`` with
 a smoothly irregular boundary, or a real tumour's mask (``donor``) scaled to that diameter. The region is blended in
 with weight 1 inside and at least 1/2 on its boundary voxels, and nothing outside it changes: the mask is exactly
 what was changed.
@@ -136,7 +137,7 @@ def shell_stats(image: np.ndarray, brain: np.ndarray, region: np.ndarray, spacin
 
 
 def insert(image: np.ndarray, brain: np.ndarray, region: np.ndarray, kind: str, spacing: np.ndarray,
-           rng: np.random.Generator, surround: np.ndarray | None = None) -> Inserted:
+           rng: np.random.Generator, surround: np.ndarray | None = None, texture: float = 0.25) -> Inserted:
     """Fill ``region`` (inside ``brain``) with lesion ``kind`` (see the module docstring); the tissue level m is taken
     over ``surround`` (default: the brain). Returns the new image, the mask of what changed (the region) and the drawn
     levels."""
@@ -171,7 +172,7 @@ def insert(image: np.ndarray, brain: np.ndarray, region: np.ndarray, kind: str, 
         coarse /= coarse.std() + 1e-6
         level = mean + strength * std * coarse
         detail["texture_std"] = round(float(strength * std), 3)
-    filled = np.clip(level + 0.25 * std * fine, -1.0, 1.0)
+    filled = np.clip(level + texture * std * fine, -1.0, 1.0)
     depth = ndimage.distance_transform_edt(region, sampling=spacing)
     alpha = np.where(region, np.clip(0.5 + depth / (2 * float(spacing[:2].max())), 0.5, 1.0), 0.0)
     out = ((1 - alpha) * image + alpha * filled).astype(np.float32)
@@ -180,7 +181,8 @@ def insert(image: np.ndarray, brain: np.ndarray, region: np.ndarray, kind: str, 
 
 
 def draw(image: np.ndarray, brain: np.ndarray, spacing: np.ndarray, index: int, rng: np.random.Generator,
-         donors: list[tuple[str, np.ndarray, np.ndarray]] | None = None, sites: str = "brain") -> Inserted:
+         donors: list[tuple[str, np.ndarray, np.ndarray]] | None = None, sites: str = "brain",
+         texture: float = 0.25) -> Inserted:
     """Lesion number ``index`` of a benchmark: kind ``KINDS[index % 4]`` (equal proportions), diameter ~ U(4, 25) mm,
     a real tumour's shape for every third group of four when ``donors`` ((name, mask, spacing)) are given, else an
     irregular ellipse; anywhere in the brain (``sites="brain"``) or in its parenchyma only (``"tissue"``,
@@ -197,7 +199,7 @@ def draw(image: np.ndarray, brain: np.ndarray, spacing: np.ndarray, index: int, 
         else:
             region, shape = ellipse_region(brain, spacing, diameter, rng, allowed), "ellipse"
         if region.sum() >= 2:
-            out = insert(image, brain, region, kind, spacing, rng, allowed)
+            out = insert(image, brain, region, kind, spacing, rng, allowed, texture)
             return Inserted(out.image, out.mask, {**out.detail, "shape": shape, "diameter_mm": round(diameter, 2),
                                                   "voxels": int(out.mask.sum())})
     raise ValueError(f"found no site for a {kind} lesion in 20 draws: is the brain mask tiny?")

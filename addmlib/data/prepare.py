@@ -20,7 +20,7 @@ Splits are by subject, never by slice:
 real tumours (their own intensities); "kinds" inserts the four kinds of ``lesion_kinds`` in equal proportions instead,
 every third group of four in a real tumour's shape, as on the IXI slices. ``lesion_sites``: where those kinds may lie,
 "brain" (anywhere inside the brain mask, ventricles included) or "tissue" (the parenchyma only,
-``lesion_kinds.tissue_mask``).
+``lesion_kinds.tissue_mask``); ``lesion_texture``: the strength of their fine texture (``lesion_kinds.insert``).
 
 Each volume is stored preprocessed (N x N x Z axial stack, float16 in [-1, 1]) with its brain mask, lesion mask,
 voxel->world affine, the indices of the slices that hold enough brain, and the geometry of the scan it came from so
@@ -85,6 +85,7 @@ class PrepareSettings:
     ixi_train_max: int = 0
     lesion_mix: str = "legacy"
     lesion_sites: str = "brain"
+    lesion_texture: float = 0.25
     slices_root: str = ""
     slices_skull: bool = True
     slices_spacing_mm: float = 1.0
@@ -104,13 +105,15 @@ class PrepareSettings:
         """The fingerprint of these settings with one lesion draw per tuning and set-B host. Builds that differ only in
         ``tune_draws`` or ``eval_b_draws`` hold the same training and healthy slices (later draws are inserted last,
         and the first draws stay as they were), so a model trained on one of them is valid for all: models and
-        baselines are keyed by this. ``lesion_sites`` moves lesions only, never a training slice, so it does not count
-        either."""
-        return replace(self, tune_draws=1, eval_b_draws=1, lesion_sites="brain").fingerprint()
+        baselines are keyed by this. ``lesion_sites`` and ``lesion_texture`` change lesions only, never a training
+        slice, so they do not count either."""
+        return replace(self, tune_draws=1, eval_b_draws=1, lesion_sites="brain",
+                       lesion_texture=0.25).fingerprint()
 
 
 _LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws", "eval_b_draws", "ixi",
-                 "ixi_draws", "ixi_train_max", "lesion_mix", "lesion_sites", "slices_root", "slices_skull",
+                 "ixi_draws", "ixi_train_max", "lesion_mix", "lesion_sites", "lesion_texture",
+                 "slices_root", "slices_skull",
                  "slices_spacing_mm")
 
 
@@ -305,7 +308,7 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
             if settings.lesion_mix == "kinds":
                 for i in range(settings.lesions_per_host):
                     lesion = lesion_kinds.draw(host.image, host.brain, host.spacing, i, rng, donors,
-                                              settings.lesion_sites)
+                                              settings.lesion_sites, settings.lesion_texture)
                     vid = f"{host_name}+{lesion.detail['kind']}{i:02d}{suffix}"
                     _store(arrays, volumes, split, vid, replace(host, image=lesion.image, lesion=lesion.mask),
                            dict(host_meta, id=vid, host=host_name, draw=draw, lesion=lesion.detail,
@@ -443,7 +446,7 @@ def _store_population(arrays: dict[str, np.ndarray], volumes: dict[str, list[dic
             for draw in range(settings.ixi_draws):
                 index = n * settings.ixi_draws + draw
                 lesion = lesion_kinds.draw(vol.image, vol.brain, vol.spacing, index, rng, donors,
-                                           settings.lesion_sites)
+                                           settings.lesion_sites, settings.lesion_texture)
                 vid = f"{sid}+{lesion.detail['kind']}-d{draw}"
                 _store(arrays, volumes, split, vid, replace(vol, image=lesion.image, lesion=lesion.mask),
                        dict(meta, id=vid, draw=draw, lesion=lesion.detail, lesion_kind=lesion.detail["kind"],
