@@ -14,12 +14,12 @@ around it):
 m is the mean of the brain in a 6 mm shell around the region, c the brain's 2nd percentile (CSF). With
 ``sites="tissue"`` a lesion replaces parenchyma only (``tissue_mask``): its centre lies in tissue, the ventricles and
 sulci inside its outline are left as they are, and m is the tissue's mean around it (a hypointense lesion drawn over a
-ventricle would otherwise be CSF painted lighter, and its "lesion" voxels invisible). Every kind gets a
-fine texture (``texture`` x the shell's standard deviation, 0.25 by default; 0: smooth lesions, as real
-tumours are at this resolution: a fine texture is what a denoiser flags even where it copies the lesion). Shapes: an ellipse/ellipsoid of diameter ``diameter_mm`` with
-a smoothly irregular boundary, or a real tumour's mask (``donor``) scaled to that diameter. The region is blended in
-with weight 1 inside and at least 1/2 on its boundary voxels, and nothing outside it changes: the mask is exactly
-what was changed.
+ventricle would otherwise be CSF painted lighter, and its "lesion" voxels invisible). Every kind gets a fine texture
+(``texture`` x the shell's standard deviation, 0.25 by default; 0: smooth lesions, as real tumours are at this
+resolution: a fine texture is what a denoiser flags even where it copies the lesion). Shapes: an ellipse/ellipsoid of
+diameter ``diameter_mm`` with a smoothly irregular boundary, or a real tumour's mask (``donor``) scaled to that
+diameter. The region is blended in with weight 1 inside and at least 1/2 on its boundary voxels, and nothing outside
+it changes: the mask is exactly what was changed.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def ellipse_region(brain: np.ndarray, spacing: np.ndarray, diameter_mm: float, r
     sigma = max(1.0, diameter_mm / 4 / float(spacing.min()))
     wobble = ndimage.gaussian_filter(rng.standard_normal(brain.shape), sigma=sigma)
     wobble /= wobble.std() + 1e-6
-    return (rho <= 1.0 + 0.15 * wobble) & brain & (brain if sites is None else sites)
+    return (rho <= 1.0 + 0.15 * wobble) & (brain if sites is None else sites & brain)
 
 
 def donor_region(brain: np.ndarray, spacing: np.ndarray, donor: np.ndarray, donor_spacing: np.ndarray,
@@ -123,7 +123,7 @@ def donor_region(brain: np.ndarray, spacing: np.ndarray, donor: np.ndarray, dono
     region = np.zeros(brain.shape, bool)
     dst = tuple(slice(int(s), int(s) + n) for s, n in zip(start, scaled.shape))
     region[dst] = scaled[tuple(slice(0, r.stop - r.start) for r in dst)]
-    return region & brain & (brain if sites is None else sites)
+    return region & (brain if sites is None else sites & brain)
 
 
 def shell_stats(image: np.ndarray, brain: np.ndarray, region: np.ndarray, spacing: np.ndarray,
