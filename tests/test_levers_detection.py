@@ -502,6 +502,7 @@ def test_demo_data_fingerprint_is_pinned():
     cfg = load_checked(PrepareConfig, [ROOT / "params" / "demo.yaml"], volumes_only, pipeline=True)
     assert settings_from_config(cfg).fingerprint() == "b961c39bce3387b8"
     assert settings_from_config(cfg).tune_hosts == ()
+    assert cfg.lesion_sites == "tissue", "the demo's lesion sites do not move the volumes-only data, which has none"
     demo = load_checked(PrepareConfig, [ROOT / "params" / "demo.yaml"], pipeline=True)
     assert demo.ixi == "train" and settings_from_config(demo).fingerprint() != "b961c39bce3387b8"
 

@@ -62,7 +62,7 @@ def test_the_demo_trains_with_every_training_parameter_of_its_file(tmp_path):
     (step,) = pipeline.plan(params, ["02_train"], tmp_path, "demo.yaml")
     own = {f.name for f in dataclasses.fields(TrainConfig)} & set(params)
     assert {k: step.params[k] for k in own} == {k: params[k] for k in own}
-    assert step.params["min_snr_gamma"] == 5.0
+    assert {"min_snr_gamma", "noise", "train_t_min", "train_t_max"} <= own, "the demo pins its training depths and loss"
 
 
 def test_later_parameter_files_override_earlier_ones():

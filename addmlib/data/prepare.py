@@ -93,8 +93,11 @@ class PrepareSettings:
     def fingerprint(self) -> str:
         """Hash of the settings. Settings added later whose defaults build the same data (``_LATER_FIELDS``: the
         tuning hosts, the mask checks, the tuning and set-B draws) count only when changed, so datasets built before
-        them stay valid."""
+        them stay valid; ``lesion_sites`` and ``lesion_texture`` count only where the kinds' lesions are drawn (``ixi``
+        or ``lesion_mix: kinds``)."""
         values = asdict(self)
+        if not (self.ixi or self.lesion_mix == "kinds"):  # without the kinds' lesions these two change nothing
+            values["lesion_sites"], values["lesion_texture"] = "brain", 0.25
         for name in _LATER_FIELDS:
             if values[name] == PrepareSettings.__dataclass_fields__[name].default:
                 del values[name]
