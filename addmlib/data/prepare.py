@@ -95,9 +95,7 @@ class PrepareSettings:
         tuning hosts, the mask checks, the tuning and set-B draws) count only when changed, so datasets built before
         them stay valid; ``lesion_sites`` and ``lesion_texture`` count only where the kinds' lesions are drawn (``ixi``
         or ``lesion_mix: kinds``)."""
-        values = asdict(self)
-        if not (self.ixi or self.lesion_mix == "kinds"):  # without the kinds' lesions these two change nothing
-            values["lesion_sites"], values["lesion_texture"] = "brain", 0.25
+        values = asdict(self if self.ixi or self.lesion_mix == "kinds" else self._default_kind_settings())
         for name in _LATER_FIELDS:
             if values[name] == PrepareSettings.__dataclass_fields__[name].default:
                 del values[name]
@@ -110,14 +108,17 @@ class PrepareSettings:
         and the first draws stay as they were), so a model trained on one of them is valid for all: models and
         baselines are keyed by this. ``lesion_sites`` and ``lesion_texture`` change lesions only, never a training
         slice, so they do not count either."""
-        return replace(self, tune_draws=1, eval_b_draws=1, lesion_sites="brain",
-                       lesion_texture=0.25).fingerprint()
+        return replace(self._default_kind_settings(), tune_draws=1, eval_b_draws=1).fingerprint()
+
+    def _default_kind_settings(self) -> PrepareSettings:
+        """These settings with the lesion kinds' placement and texture (``_KIND_FIELDS``) at their defaults."""
+        return replace(self, **{name: PrepareSettings.__dataclass_fields__[name].default for name in _KIND_FIELDS})
 
 
 _LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws", "eval_b_draws", "ixi",
-                 "ixi_draws", "ixi_train_max", "lesion_mix", "lesion_sites", "lesion_texture",
-                 "slices_root", "slices_skull",
-                 "slices_spacing_mm")
+                 "ixi_draws", "ixi_train_max", "lesion_mix", "lesion_sites", "lesion_texture", "slices_root",
+                 "slices_skull", "slices_spacing_mm")
+_KIND_FIELDS = ("lesion_sites", "lesion_texture")  # they move the kinds' lesions only, never a training slice
 
 
 def settings_from_config(cfg: Any) -> PrepareSettings:
