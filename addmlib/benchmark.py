@@ -409,6 +409,13 @@ def demo_scoring(cfg: Any) -> tuple[list[int], int, int, str, str]:
             str(sc.get("eval_noise", "model")))
 
 
+def demo_deep(cfg: Any) -> tuple[list[int], int]:
+    """(depths, draws) of the deep map that ``cfg.demo_scoring`` mixes in (``evaluate.with_deep_map``); no depths:
+    no mix."""
+    sc = cfg.demo_scoring
+    return [int(t) for t in sc.get("deep_t_star_ensemble") or []], int(sc.get("deep_draws", 1))
+
+
 def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One volume with the fast path for each of ``volume_steps`` (sizes above ``image_size``: the fewest only, time
     being linear in steps), and the naive loop (batch 1, fp32, no switches) at the fewest steps on ``naive_slices``."""
@@ -426,6 +433,9 @@ def volume_cases(cfg: Any, size: int, fast: Mapping[str, Any]) -> list[dict[str,
                         "channels_last": False, "malloc": False, "slices": min(cfg.naive_slices, cfg.volume_slices)})
     if cfg.demo_scoring:
         depths, steps, draws, _, _ = demo_scoring(cfg)  # the noise drawn (or not) costs nothing beside the network
+        deep, deep_draws = demo_deep(cfg)
+        if deep:  # the mix's network calls: each depth of both maps once per draw (the deep map's in one step)
+            depths, draws = depths * draws + deep * deep_draws, 1
         demo = {"case": "volume", "threads": cfg.threads, "device": cfg.device, "slices": cfg.volume_slices,
                 "t_star": depths if len(depths) > 1 else depths[0], "steps": steps, "draws": draws,
                 "batch": fast["batch"], "dtype": fast["dtype"], "channels_last": fast["channels_last"],
@@ -524,7 +534,8 @@ def quality_curve(cfg: Any, batch: int, device: torch.device,
     ``cfg.quality_slice_stride``-th slice of ``cfg.quality_set``, with notebook 03's evaluation (threshold at 5 % FPR
     on healthy brains, default post-processing), and the scoring wall time. One row per model and scoring."""
     from .data.prepare import PreparedDataset
-    from .evaluate import PostProcessing, diffusion_scorer, evaluate_model, use_channels_last
+    from .evaluate import (MIX_CALIBRATION, PostProcessing, diffusion_scorer, evaluate_model, use_channels_last,
+                           with_deep_map)
     from .models import recorded_checkpoint
     from .training import model_dir
 
@@ -540,6 +551,11 @@ def quality_curve(cfg: Any, batch: int, device: torch.device,
             scorer, info = diffusion_scorer(ckpt, depths, steps, "ddpm", noise, draws, batch, cfg.seed, device,
                                             use_channels_last("auto", device), "auto", residual=residual)
             t0 = time.perf_counter()
+            deep, deep_draws = demo_deep(cfg)
+            if scoring == "demo" and deep:  # its scales set on the run's IXI calibration individuals, timed with it
+                scorer, info = with_deep_map(scorer, info, ckpt, deep, deep_draws, batch, cfg.seed, device,
+                                             use_channels_last("auto", device), "auto", residual, pp,
+                                             data.volumes(MIX_CALIBRATION))
             res, scored = evaluate_model(scorer, data, [cfg.quality_set], cfg.quality_slice_stride, 0.05, pp, False,
                                          None)
             wall = time.perf_counter() - t0

@@ -443,7 +443,12 @@ class EvalConfig(DepthConfig):
 
     ``fusion`` (with ``intensity_weight`` > 0): "sum" ranks voxels by z(r) + w z(x); "max" by the larger of that and
     the residual alone, each read against its healthy-brain median and ``fusion_quantile``
-    (``post_processing.max_fusion``)."""
+    (``post_processing.max_fusion``).
+
+    ``deep_t_star_ensemble`` (non-empty): each model's map (``t_star``, ``eval_noise``...) is mixed with its deep map,
+    the one-step estimate from the input noised with the model's noise at these depths (``deep_draws`` draws each),
+    each map read in units of its 99th percentile on the IXI calibration individuals (``evaluate.with_deep_map``;
+    the data must hold them: ``ixi``)."""
 
     device: str = "auto"
     models: tuple[str, ...] = ("addm", "ddpm")
@@ -475,9 +480,15 @@ class EvalConfig(DepthConfig):
     fusion: Literal["sum", "max"] = "sum"
     fusion_quantile: float = FUSION_QUANTILE
     models_from: str = ""
+    deep_t_star_ensemble: tuple[int, ...] = ()
+    deep_draws: int = 1
 
     def check(self) -> None:
         super().check()
+        if any(t < 1 for t in self.deep_t_star_ensemble):
+            raise ValueError(f"deep_t_star_ensemble depths must be >= 1, got {list(self.deep_t_star_ensemble)}")
+        if self.deep_draws < 1:
+            raise ValueError(f"deep_draws must be >= 1, got {self.deep_draws}")
         if not 0 <= self.intensity_weight < float("inf"):
             raise ValueError(f"intensity_weight must be a finite number >= 0 (0: the residual alone), got "
                              f"{self.intensity_weight}")
@@ -581,7 +592,8 @@ class BenchConfig(DepthConfig):
     its own process with ``threads`` torch threads. ``volume_steps``: strided steps from ``t_star`` (0 = every step);
     volume sizes above ``image_size`` are timed at the fewest of them only (time is linear in steps). The naive
     slice-by-slice loop is timed on ``naive_slices`` slices (per-slice cost). ``demo_scoring`` (t_star,
-    t_star_ensemble, sample_steps, draws, residual, eval_noise: the demo's scoring, params/demo.yaml) adds one volume
+    t_star_ensemble, sample_steps, draws, residual, eval_noise, deep_t_star_ensemble, deep_draws: the demo's scoring,
+    params/demo.yaml) adds one volume
     per size scored that way, and a point per model to the quality-cost curve. ``measure_compile`` adds
     ``torch.compile``d cases, read against eager over ``compile_over_steps`` training steps (the demo's) with the
     compile time counted.
@@ -613,11 +625,11 @@ class BenchConfig(DepthConfig):
 
     def check(self) -> None:
         super().check()
-        bad = sorted(set(self.demo_scoring) - {"t_star", "t_star_ensemble", "sample_steps", "draws", "residual",
-                                               "eval_noise"})
+        known = ("t_star", "t_star_ensemble", "sample_steps", "draws", "residual", "eval_noise",
+                 "deep_t_star_ensemble", "deep_draws")
+        bad = sorted(set(self.demo_scoring) - set(known))
         if bad:
-            raise ValueError(f"demo_scoring: {bad} unknown; it may hold t_star, t_star_ensemble, sample_steps, draws, "
-                             f"residual, eval_noise")
+            raise ValueError(f"demo_scoring: {bad} unknown; it may hold {', '.join(known)}")
         if self.demo_scoring:
             validate(EvalConfig, dict(self.demo_scoring), "demo_scoring")
         if self.compile_over_steps < 1:
@@ -643,9 +655,9 @@ class LeverConfig(RunConfig):
     """The lever campaign (``addmlib.levers``, notebooks/07_levers.ipynb): training variants x seeds x scorings,
     measured on the tuning split only. ``variants``: name -> training parameters over the base set; ``scorings``:
     name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler, patch_stride,
-    residual, intensity_weight, eval_noise, fusion, fusion_quantile); ``baseline_residuals`` x
-    ``baseline_intensity_weights`` x ``baseline_fusions`` (at ``baseline_fusion_quantile``): the maps the AE and DAE
-    are scored with;
+    residual, intensity_weight, eval_noise, fusion, fusion_quantile, deep_t_star_ensemble, deep_draws: see
+    ``EvalConfig``); ``baseline_residuals`` x ``baseline_intensity_weights`` x ``baseline_fusions`` (at
+    ``baseline_fusion_quantile``): the maps the AE and DAE are scored with;
     ``variant_scorings``: variant -> the scorings it gets (default: all; e.g. only cheap ones for patch models);
     ``variant_seeds``: variant or baseline -> the seeds it is trained with (default: all of ``seeds``);
     ``adv_profile_t``: the depths at which each ADDM variant's adversarial gradient is profiled (empty: none);

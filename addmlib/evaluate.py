@@ -121,6 +121,64 @@ def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps:
     return score, info
 
 
+MIX_QUANTILE = 0.99
+"""The healthy quantile that each map of a mix (``mixed_scorer``) is read against."""
+MIX_CALIBRATION = "ixi_calib"
+"""The healthy split a mix's scales are set on: the IXI calibration individuals, never the host of an evaluated
+volume (set B's hosts are the ``val_healthy`` brains)."""
+
+
+def mixed_scorer(parts: Sequence[Scorer], scales: Sequence[float]) -> Scorer:
+    """The calibrated mean of several maps of one input: m = s_1 (1/n) sum_i r_i / s_i, each map r_i read in units of
+    its healthy scale s_i (``mix_scales``), the result in the first map's units; the reconstruction and squared error
+    are the first part's. A shallow map (edges, texture, bright lesions) and a deep one (healed dark lesions and ring
+    cores) count alike, where their plain mean is ruled by the deep map's larger residual everywhere."""
+    if len(parts) != len(scales) or not parts:
+        raise ValueError(f"a mix needs one scale per map: {len(parts)} maps, {len(scales)} scales")
+    if not all(s > 0 for s in scales):
+        raise ValueError(f"a mix's scales must be > 0, got {list(scales)}")
+
+    def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        outs = [part(vol, slices) for part in parts]
+        amap = scales[0] * sum(o[1] / s for o, s in zip(outs, scales)) / len(outs)
+        return outs[0][0], amap.astype(np.float32), outs[0][2]
+
+    return score
+
+
+def mix_scales(parts: Sequence[Scorer], healthy: Sequence[PreparedVolume], pp: PostProcessing,
+               quantile: float = MIX_QUANTILE) -> list[float]:
+    """Each map's scale s_i: the ``quantile`` of its raw map over the healthy brains' voxels that the post-processing
+    keeps (``pp``: the brain eroded by ``erode_mm``)."""
+    vols = list(healthy)
+    if not vols:
+        raise ValueError(f"no healthy brains to set a mix's scales on (split {MIX_CALIBRATION!r} is empty)")
+    scales = []
+    for part in parts:
+        scored = score_split(part, vols, 1, pp)
+        scales.append(float(np.quantile(np.concatenate([v.raw[_kept(v, pp)] for v in scored]), quantile)))
+    if not all(s > 0 for s in scales):
+        raise ValueError(f"a map of the mix is zero on the healthy brains (scales {scales}): it cannot be calibrated")
+    return scales
+
+
+def with_deep_map(scorer: Scorer, info: Mapping[str, Any], checkpoint: str | Path, depths: Sequence[int],
+                  draws: int, batch_size: int, seed: int, device: torch.device, channels_last: bool, amp: str,
+                  residual: str, pp: PostProcessing, healthy: Sequence[PreparedVolume] = (),
+                  scales: Sequence[float] | None = None) -> tuple[Scorer, dict[str, Any]]:
+    """``scorer``'s map mixed (``mixed_scorer``) with the model's deep map: the one-step estimate x0_hat from the
+    input noised with the model's noise at each of ``depths``, its residual averaged over depths and ``draws`` (the
+    t* ensemble). The scales are given (a detector's record) or set on ``healthy`` (``mix_scales``)."""
+    deep, _ = diffusion_scorer(checkpoint, [int(t) for t in depths], 1, "ddpm", "model", draws, batch_size, seed,
+                               device, channels_last, amp, 0, residual)
+    if scales is None:
+        scales = mix_scales([scorer, deep], healthy, pp)
+    mixed = mixed_scorer([scorer, deep], scales)
+    return mixed, {**info, "mix": {"deep_t_star": [int(t) for t in depths], "deep_draws": draws,
+                                   "scales": [float(s) for s in scales], "quantile": MIX_QUANTILE,
+                                   "set_on": MIX_CALIBRATION}}
+
+
 def post_process(amap: np.ndarray, brain: np.ndarray, spacing: np.ndarray, pp: PostProcessing) -> np.ndarray:
     """Median filter, then restriction to the eroded brain (both on the compact stack of scored slices)."""
     return restrict_to_brain(median_filter(amap, pp.median_size), brain, pp.erode_mm, tuple(spacing))
@@ -515,12 +573,17 @@ def _calibrated(result: Mapping[str, Any]) -> dict[str, Any]:
         "anchors": fusion.get("anchors", {}).get("None")}}
 
 
-def detector_model(run_dir: Path, model_json: Path, result: Mapping[str, Any]) -> dict[str, Any]:
+def detector_model(run_dir: Path, model_json: Path, result: Mapping[str, Any],
+                   mix: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One model's entry of ``detector.json``: its record (relative to the run, so that a copied run scores with its
     own weights), the threshold and fusion of the volumes' calibration (``val_healthy``) and, under
-    ``calibrations``, those of every healthy split the run calibrated on (``ixi_calib``: the 2-D slices')."""
-    return {"model_json": os.path.relpath(model_json, run_dir), **_calibrated(result),
-            "calibrations": {split: _calibrated(c) for split, c in result.get("calibration", {}).items()}}
+    ``calibrations``, those of every healthy split the run calibrated on (``ixi_calib``: the 2-D slices'); with a
+    mix of maps (``with_deep_map``), its scales (``mix_scales``)."""
+    entry = {"model_json": os.path.relpath(model_json, run_dir), **_calibrated(result),
+             "calibrations": {split: _calibrated(c) for split, c in result.get("calibration", {}).items()}}
+    if mix:
+        entry["mix_scales"] = list(mix["scales"])
+    return entry
 
 
 def intensity_reference(data: PreparedDataset) -> list[float]:
@@ -547,7 +610,8 @@ def detector_record(cfg: EvalConfig, data: PreparedDataset, models: Mapping[str,
                         "sampler": cfg.sampler, "eval_noise": cfg.eval_noise, "draws": cfg.draws,
                         "residual": cfg.residual, "patch_stride": cfg.patch_stride, "seed": cfg.seed,
                         "eval_batch_size": cfg.eval_batch_size, "amp": cfg.amp, "channels_last": cfg.channels_last,
-                        "slice_stride": cfg.slice_stride},
+                        "slice_stride": cfg.slice_stride, "deep_t_star": list(cfg.deep_t_star_ensemble),
+                        "deep_draws": cfg.deep_draws},
             "post_processing": {"erode_mm": cfg.brain_erode_mm, "median_size": cfg.median_size,
                                 "min_component_voxels": cfg.min_component_voxels},
             "models": dict(models)}
@@ -627,8 +691,19 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
         noise = "unnoised input" if info["noise"] == "none" else f"{info['noise']} noise"
         label = (f"{name} (λ={info['lambda_adv']}, T={info['T']}, {noise}, t*={info['t_star']}, "
                  f"{info['steps']} steps)")
+        if cfg.deep_t_star_ensemble:
+            if not data.ids(MIX_CALIBRATION):
+                raise ValueError(f"deep_t_star_ensemble {list(cfg.deep_t_star_ensemble)}: the mix's scales are set on "
+                                 f"the IXI calibration individuals ({MIX_CALIBRATION}), which this run's data lacks: "
+                                 f"prepare it with ixi: benchmark or train")
+            scorer, info = with_deep_map(scorer, info, recorded_checkpoint(model_json), cfg.deep_t_star_ensemble,
+                                         cfg.deep_draws, cfg.eval_batch_size, cfg.seed, device,
+                                         use_channels_last(cfg.channels_last, device), cfg.amp, cfg.residual, pp,
+                                         data.volumes(MIX_CALIBRATION))
+            label = label[:-1] + f", mixed with the noised input's at t*={info['mix']['deep_t_star']})"
         rows(scorer, label, name, info, weights)
-        detectors[name] = detector_model(run_dir, model_json, results[fused_label(label, weights[0], cfg.fusion)])
+        detectors[name] = detector_model(run_dir, model_json, results[fused_label(label, weights[0], cfg.fusion)],
+                                         info.get("mix"))
     if detectors:
         write_json_atomic(out / DETECTOR_FILE, detector_record(cfg, data, detectors))
     for name, scorer, info in baseline_scorers(data, run_dir, cfg.baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,

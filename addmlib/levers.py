@@ -33,8 +33,8 @@ from .cli import ArgumentParser, run_main
 from .config import (ConfigError, EvalConfig, LeverConfig, PrepareConfig, TrainConfig, check_pipeline_parameters,
                      load_checked, load_yaml_files, validate)
 from .data.prepare import PreparedDataset, build, settings_from_config
-from .evaluate import (BASELINE_LABELS, PostProcessing, Scorer, baseline_scorers, diffusion_scorer, evaluate_model,
-                       remembering)
+from .evaluate import (BASELINE_LABELS, MIX_CALIBRATION, PostProcessing, Scorer, baseline_scorers, diffusion_scorer,
+                       evaluate_model, remembering, with_deep_map)
 from .fileio import write_json_atomic
 from .models import campaign_models_root, trained_on
 from .post_processing import FUSION_QUANTILE
@@ -46,7 +46,7 @@ LEARNED_BASELINES = ("ae", "dae")
 """The baselines that are trained (per seed) and scored with a residual; the others are floors."""
 
 SCORING_KEYS = ("t_star", "t_star_ensemble", "sample_steps", "draws", "median_size", "sampler", "patch_stride", "residual",
-                "intensity_weight", "eval_noise", "fusion", "fusion_quantile")
+                "intensity_weight", "eval_noise", "fusion", "fusion_quantile", "deep_t_star_ensemble", "deep_draws")
 POST_PROCESSING_KEYS = ("median_size", "intensity_weight", "fusion", "fusion_quantile")
 """Scoring settings applied after the network: scorings that differ only in these share one pass."""
 METRICS = ("auroc", "auprc", "dice", "best_dice")
@@ -189,6 +189,12 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                                                         int(base.get("eval_batch_size", 16)), seed, device,
                                                         device.type == "cpu", amp, int(sc.get("patch_stride", 0)),
                                                         str(sc.get("residual", "abs")))
+                        if sc.get("deep_t_star_ensemble"):
+                            scorer, info = with_deep_map(scorer, info, folder / "checkpoint.pt",
+                                                         sc["deep_t_star_ensemble"], int(sc.get("deep_draws", 1)),
+                                                         int(base.get("eval_batch_size", 16)), seed, device,
+                                                         device.type == "cpu", amp, str(sc.get("residual", "abs")),
+                                                         pp_default, data.volumes(MIX_CALIBRATION))
                         passes[network] = (remembering(scorer), info, 0.0)
                     scorer, info, pass_s = passes[network]
                     pp = dataclasses.replace(pp_default, median_size=int(sc["median_size"]))

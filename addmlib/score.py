@@ -47,7 +47,7 @@ from .data.preprocess import Volume, brain_from_background, finish, match_landma
 from .data.slices2d import SLICE_SUFFIXES, is_slice_file, read_slice, with_brain
 from .detect import to_native_nifti
 from .evaluate import (DETECTOR_FILE, SCORE_RANGE, FusionParams, PostProcessing,
-                       diffusion_scorer, fused_map, post_process, score_split, use_channels_last)
+                       diffusion_scorer, fused_map, post_process, score_split, use_channels_last, with_deep_map)
 from .fileio import atomic_path, write_json_atomic
 from .metrics import BinnedScores, confusion, overlap_metrics
 from .models import CheckpointError, recorded_checkpoint
@@ -470,6 +470,11 @@ def score_scans(run_dir: str | Path, scans: Sequence[str | Path], out: str | Pat
                                      sc["eval_noise"], int(sc["draws"]), int(sc["eval_batch_size"]), int(sc["seed"]),
                                      dev, use_channels_last(sc["channels_last"], dev), sc["amp"],
                                      int(sc["patch_stride"]), sc["residual"])
+        if sc.get("deep_t_star"):
+            scorer, _ = with_deep_map(scorer, {}, det.checkpoint, sc["deep_t_star"], int(sc["deep_draws"]),
+                                      int(sc["eval_batch_size"]), int(sc["seed"]), dev,
+                                      use_channels_last(sc["channels_last"], dev), sc["amp"], sc["residual"],
+                                      det.post_processing, scales=det.record["models"][det.model]["mix_scales"])
     except CheckpointError as exc:
         raise ScoreInputError(f"{exc}; train the model again: {_make_hint(det.run_dir, '02_train')}") from None
     return [score_scan(det, scorer, p, img, m, Path(out), skull) for p, img, m in zip(paths, images, mask_paths)]

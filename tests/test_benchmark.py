@@ -61,9 +61,17 @@ def test_bench_demo_scores_volumes_the_way_the_demo_does():
     fast = {"batch": 16, "dtype": "bf16", "channels_last": True, "malloc": True}
     demo_cases = [c for c in bm.volume_cases(cfg, 128, fast) if "demo scoring" in c["label"]]
     assert [c["label"] for c in demo_cases] == ["volume 128² demo scoring, fast", "volume 128² demo scoring, fast, compiled"]
-    t_star = demo["t_star"]
-    assert demo_cases[0]["t_star"] == t_star and demo_cases[0]["steps"] == 1 and demo_cases[0]["draws"] == 1
+    for key in ("deep_t_star_ensemble", "deep_draws"):  # a mix in the demo is timed as a mix
+        assert bench["demo_scoring"].get(key) == demo.get(key), f"demo.yaml {key} is not in bench_demo.yaml"
+    t_star, deep = demo["t_star"], list(demo.get("deep_t_star_ensemble") or [])
+    assert demo_cases[0]["t_star"] == ([t_star, *deep] if deep else t_star)  # one network call per depth
+    assert demo_cases[0]["steps"] == 1 and demo_cases[0]["draws"] == 1
     assert bm.demo_scoring(cfg) == ([t_star], 1, 1, "abs", "none")  # the quality curve scores the unnoised input
+    assert bm.demo_deep(cfg) == (deep, int(demo.get("deep_draws", 1)))
+    mixed = validate(BenchConfig, {"demo_scoring": {"t_star": 25, "sample_steps": 1, "draws": 2,
+                                                    "deep_t_star_ensemble": [50, 100], "deep_draws": 3}}, "p.yaml")
+    (case,) = [c for c in bm.volume_cases(mixed, 64, fast) if c["label"] == "volume 64² demo scoring, fast"]
+    assert case["t_star"] == [25, 25, 50, 100, 50, 100, 50, 100] and case["draws"] == 1
     with pytest.raises(ConfigError, match="demo_scoring: \\['median_size'\\] unknown"):
         validate(BenchConfig, {"demo_scoring": {"median_size": 5}}, "p.yaml")
 
