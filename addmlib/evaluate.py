@@ -131,8 +131,9 @@ volume (set B's hosts are the ``val_healthy`` brains)."""
 def mixed_scorer(parts: Sequence[Scorer], scales: Sequence[float]) -> Scorer:
     """The calibrated mean of several maps of one input: m = s_1 (1/n) sum_i r_i / s_i, each map r_i read in units of
     its healthy scale s_i (``mix_scales``), the result in the first map's units; the reconstruction and squared error
-    are the first part's. A shallow map (edges, texture, bright lesions) and a deep one (healed dark lesions and ring
-    cores) count alike, where their plain mean is ruled by the deep map's larger residual everywhere."""
+    are the last part's (``with_deep_map``: the deep estimate, the one that heals). A shallow map (edges, texture,
+    bright lesions) and a deep one (healed dark lesions and ring cores) count alike, where their plain mean is ruled
+    by the deep map's larger residual everywhere."""
     if len(parts) != len(scales) or not parts:
         raise ValueError(f"a mix needs one scale per map: {len(parts)} maps, {len(scales)} scales")
     if not all(s > 0 for s in scales):
@@ -141,7 +142,7 @@ def mixed_scorer(parts: Sequence[Scorer], scales: Sequence[float]) -> Scorer:
     def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         outs = [part(vol, slices) for part in parts]
         amap = scales[0] * sum(o[1] / s for o, s in zip(outs, scales)) / len(outs)
-        return outs[0][0], amap.astype(np.float32), outs[0][2]
+        return outs[-1][0], amap.astype(np.float32), outs[-1][2]
 
     return score
 

@@ -42,7 +42,7 @@ def test_the_mix_is_the_mean_of_the_maps_in_units_of_their_scales():
     vol = _volume("v")
     rec, amap, sq = mixed_scorer([_constant_part({"v": a}), _constant_part({"v": b})], [0.5, 2.0])(vol, vol.slices)
     assert np.allclose(amap, 0.5 * (a / 0.5 + b / 2.0) / 2, atol=1e-6)
-    assert np.allclose(rec, a + 1) and np.allclose(sq, a ** 2)  # the first map's reconstruction
+    assert np.allclose(rec, b + 1) and np.allclose(sq, b ** 2)  # the last (deep) map's reconstruction
     # a map scaled by c with its scale scaled by c leaves the mix as it was: only the calibrated units count
     _, again, _ = mixed_scorer([_constant_part({"v": a}), _constant_part({"v": 10 * b})], [0.5, 20.0])(vol, vol.slices)
     assert np.allclose(amap, again, atol=1e-5)

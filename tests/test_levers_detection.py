@@ -498,13 +498,17 @@ def test_demo_data_fingerprint_is_pinned():
     from addmlib.config import PrepareConfig, load_checked
     from addmlib.data.prepare import settings_from_config
 
-    volumes_only = {"ixi": "", "lesion_mix": "legacy", "lesions_per_host": 2}
+    volumes_only = {"ixi": "", "lesion_mix": "legacy", "lesions_per_host": 2,
+                    "healthy_sources": list(PrepareConfig.healthy_sources)}
     cfg = load_checked(PrepareConfig, [ROOT / "params" / "demo.yaml"], volumes_only, pipeline=True)
     assert settings_from_config(cfg).fingerprint() == "b961c39bce3387b8"
     assert settings_from_config(cfg).tune_hosts == ()
     assert cfg.lesion_sites == "tissue", "the demo's lesion sites do not move the volumes-only data, which has none"
     demo = load_checked(PrepareConfig, [ROOT / "params" / "demo.yaml"], pipeline=True)
     assert demo.ixi == "train" and settings_from_config(demo).fingerprint() != "b961c39bce3387b8"
+    for name in ("campaigns/levers_base.yaml", "reports/demo_seeds.yaml", "reports/demo_setb6.yaml"):
+        pinned = load_checked(PrepareConfig, [ROOT / "params" / "demo.yaml", ROOT / "params" / name], pipeline=True)
+        assert pinned.healthy_sources == PrepareConfig.healthy_sources, f"{name} keeps the 8 training volumes"
 
 
 def _fake_apt(tmp_path, monkeypatch, deb: bytes, fail_until_update: bool):
