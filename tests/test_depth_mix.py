@@ -80,7 +80,7 @@ def test_an_evaluated_mix_records_its_scales_and_a_scan_is_scored_with_them(ci_r
     folder = tmp_path / "run"
     shutil.copytree(ci_run, folder, ignore=shutil.ignore_patterns("notebooks", "maps", "figures"))
     mix = {"sample_steps": 1, "eval_noise": "none", "baselines": [], "eval_sets": ["ixi_test"], "write_nifti": False,
-           "deep_t_star_ensemble": [50, 100]}
+           "intensity_weight": 0, "fusion": "sum", "deep_t_star_ensemble": [50, 100]}
     pipeline.run(CI, folder, notebooks=["03_evaluate"], overrides=mix, cell_timeout=600)
     record = json.loads((folder / "eval" / "detector.json").read_text())
     assert record["scoring"]["deep_t_star"] == [50, 100] and record["scoring"]["deep_draws"] == 1
