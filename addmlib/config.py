@@ -593,10 +593,9 @@ class BenchConfig(DepthConfig):
     volume sizes above ``image_size`` are timed at the fewest of them only (time is linear in steps). The naive
     slice-by-slice loop is timed on ``naive_slices`` slices (per-slice cost). ``demo_scoring`` (t_star,
     t_star_ensemble, sample_steps, draws, residual, eval_noise, deep_t_star_ensemble, deep_draws: the demo's scoring,
-    params/demo.yaml) adds one volume
-    per size scored that way, and a point per model to the quality-cost curve. ``measure_compile`` adds
-    ``torch.compile``d cases, read against eager over ``compile_over_steps`` training steps (the demo's) with the
-    compile time counted.
+    params/demo.yaml) adds one volume per size scored that way, and a point per model to the quality-cost curve.
+    ``measure_compile`` adds ``torch.compile``d cases, read against eager over ``compile_over_steps`` training steps
+    (the demo's) with the compile time counted.
     """
 
     run_dir: str = "../outputs/bench"
