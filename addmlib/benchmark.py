@@ -545,13 +545,13 @@ def quality_curve(cfg: Any, batch: int, device: torch.device,
                                                         for s in cfg.quality_steps]
     if cfg.demo_scoring:
         plans.append(("demo", *demo_scoring(cfg)))
+    deep, deep_draws = demo_deep(cfg)
     for name in cfg.quality_models:
         ckpt = recorded_checkpoint(model_dir(run, name) / "model.json")
         for scoring, depths, steps, draws, residual, noise in plans:
             scorer, info = diffusion_scorer(ckpt, depths, steps, "ddpm", noise, draws, batch, cfg.seed, device,
                                             use_channels_last("auto", device), "auto", residual=residual)
             t0 = time.perf_counter()
-            deep, deep_draws = demo_deep(cfg)
             if scoring == "demo" and deep:  # its scales set on the run's IXI calibration individuals, timed with it
                 scorer, info = with_deep_map(scorer, info, ckpt, deep, deep_draws, batch, cfg.seed, device,
                                              use_channels_last("auto", device), "auto", residual, pp,

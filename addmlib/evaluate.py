@@ -153,7 +153,9 @@ def mix_scales(parts: Sequence[Scorer], healthy: Sequence[PreparedVolume], pp: P
     keeps (``pp``: the brain eroded by ``erode_mm``)."""
     vols = list(healthy)
     if not vols:
-        raise ValueError(f"no healthy brains to set a mix's scales on (split {MIX_CALIBRATION!r} is empty)")
+        raise ValueError(f"no healthy brains to set a mix's scales on: split {MIX_CALIBRATION!r} is empty; a mix "
+                         f"(deep_t_star_ensemble) needs the IXI calibration individuals: prepare the data with ixi: "
+                         f"benchmark or train")
     scales = []
     for part in parts:
         scored = score_split(part, vols, 1, pp)
@@ -693,10 +695,6 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
         label = (f"{name} (λ={info['lambda_adv']}, T={info['T']}, {noise}, t*={info['t_star']}, "
                  f"{info['steps']} steps)")
         if cfg.deep_t_star_ensemble:
-            if not data.ids(MIX_CALIBRATION):
-                raise ValueError(f"deep_t_star_ensemble {list(cfg.deep_t_star_ensemble)}: the mix's scales are set on "
-                                 f"the IXI calibration individuals ({MIX_CALIBRATION}), which this run's data lacks: "
-                                 f"prepare it with ixi: benchmark or train")
             scorer, info = with_deep_map(scorer, info, recorded_checkpoint(model_json), cfg.deep_t_star_ensemble,
                                          cfg.deep_draws, cfg.eval_batch_size, cfg.seed, device,
                                          use_channels_last(cfg.channels_last, device), cfg.amp, cfg.residual, pp,
