@@ -656,7 +656,9 @@ class LeverConfig(RunConfig):
     name -> scoring settings (t_star, t_star_ensemble, sample_steps, draws, median_size, sampler, patch_stride,
     residual, intensity_weight, eval_noise, fusion, fusion_quantile, deep_t_star_ensemble, deep_draws: see
     ``EvalConfig``); ``baseline_residuals`` x ``baseline_intensity_weights`` x ``baseline_fusions`` (at
-    ``baseline_fusion_quantile``): the maps the AE and DAE are scored with;
+    ``baseline_fusion_quantile``): the maps the AE and DAE are scored with; ``baseline_median_sizes``: median
+    filters every baseline (floors included) is scored with besides the base's ``median_size``, so that a scoring's
+    filter can be read against floors filtered alike;
     ``variant_scorings``: variant -> the scorings it gets (default: all; e.g. only cheap ones for patch models);
     ``variant_seeds``: variant or baseline -> the seeds it is trained with (default: all of ``seeds``);
     ``adv_profile_t``: the depths at which each ADDM variant's adversarial gradient is profiled (empty: none);
@@ -684,6 +686,7 @@ class LeverConfig(RunConfig):
     baseline_intensity_weights: tuple[float, ...] = (0.0,)
     baseline_fusions: tuple[str, ...] = ("sum",)
     baseline_fusion_quantile: float = FUSION_QUANTILE
+    baseline_median_sizes: tuple[int, ...] = ()
     dae_steps: int = 1500
     slice_stride: int = 3
     adv_profile_t: tuple[int, ...] = (10, 50, 100, 250, 500, 750, 950)
@@ -716,6 +719,10 @@ class LeverConfig(RunConfig):
             raise ValueError(f"baseline_fusions must hold distinct 'sum' and/or 'max', got "
                              f"{list(self.baseline_fusions)}")
         check_fusion_quantile(self.baseline_fusion_quantile, "baseline_fusion_quantile")
+        if any(m < 1 for m in self.baseline_median_sizes) or len(set(self.baseline_median_sizes)) != len(
+                self.baseline_median_sizes):
+            raise ValueError(f"baseline_median_sizes must hold distinct sizes >= 1 (1: no filter), got "
+                             f"{list(self.baseline_median_sizes)}")
         for name, chosen in self.variant_seeds.items():
             if name not in self.variants and name not in self.baselines:
                 raise ValueError(f"variant_seeds names {name!r}, which is neither a variant nor a baseline")

@@ -134,6 +134,7 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
     fpr = float(base.get("fpr", 0.05))
     amp = str(base.get("amp", "auto"))
     eval_key = _changed(base, ("fpr", "brain_erode_mm", "min_component_voxels", "amp"))
+    medians = (pp_default.median_size, *(m for m in cfg.baseline_median_sizes if m != pp_default.median_size))
     rows: list[dict[str, Any]] = []
 
     def done(key: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -218,15 +219,19 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                 continue  # floors have no seed
             learns = name in LEARNED_BASELINES
             baseline_passes: dict[str, tuple[Scorer, float]] = {}  # per residual: one pass, its seconds
-            for residual, weight, fusion in itertools.product(cfg.baseline_residuals if learns else ("abs",),
-                                                              cfg.baseline_intensity_weights if learns else (0.0,),
-                                                              cfg.baseline_fusions if learns else ("sum",)):
+            for residual, weight, fusion, median in itertools.product(
+                    cfg.baseline_residuals if learns else ("abs",), cfg.baseline_intensity_weights if learns else (0.0,),
+                    cfg.baseline_fusions if learns else ("sum",), medians):
                 if fusion != "sum" and not weight:
                     continue  # the max fusion combines a fused map with the residual alone: it needs a weight
                 key = _baseline_key(name, seed, fingerprint, cfg, base, eval_key, residual, weight, fusion)
+                if median != pp_default.median_size:
+                    key["median_size"] = median
                 label = ", ".join(filter(None, ["positive residual" if residual != "abs" else "",
                                                 f"+ intensity w={weight:g}" if weight else "",
-                                                "max" if fusion != "sum" else ""])) or "-"
+                                                "max" if fusion != "sum" else "",
+                                                f"median {median}x{median}" if median != pp_default.median_size
+                                                else ""])) or "-"
                 if (row := done(key, label)) is not None:
                     rows.append(row)
                     continue
@@ -239,7 +244,8 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                         progress, residual)
                     baseline_passes[residual] = (remembering(scorer), 0.0)
                 scorer, pass_s = baseline_passes[residual]
-                res, _ = evaluate_model(scorer, data, [cfg.tune_split], cfg.slice_stride, fpr, pp_default, False, None, None,
+                res, _ = evaluate_model(scorer, data, [cfg.tune_split], cfg.slice_stride, fpr,
+                                        dataclasses.replace(pp_default, median_size=median), False, None, None,
                                         weight, fusion, cfg.baseline_fusion_quantile)
                 seconds = round(time.perf_counter() - t0, 1)
                 if not reused:

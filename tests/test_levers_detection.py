@@ -319,6 +319,9 @@ def test_lever_campaign_params_are_checked():
         load_campaign_params(bad)
     with pytest.raises(ConfigError, match="may only hold"):
         validate(LeverConfig, {"variants": {"a b": {}}}, "p")
+    for sizes in ([0], [5, 5]):
+        with pytest.raises(ConfigError, match="baseline_median_sizes must hold distinct sizes >= 1"):
+            validate(LeverConfig, {"baseline_median_sizes": sizes}, "p")
     deep = validate(LeverConfig, {**load_yaml(ROOT / "params" / "ci" / "levers_ci.yaml"), "adv_profile_t": [5, 500]},
                     "p")
     with pytest.raises(ConfigError, match="adv_profile_t \\[5, 500\\] goes beyond T = 100 of variant 'coarse'"):
@@ -332,8 +335,8 @@ def test_lever_campaign_params_are_checked():
     two = validate(LeverConfig, load_yaml(ROOT / "params" / "campaigns" / "levers_twohost.yaml"), "levers_twohost.yaml")
     assert "oasis30" not in load_campaign_params(two)["healthy_sources"] and two.tune_hosts == ("itk_t1", "oasis30")
     # the campaign's reference point stays the paper's reading whatever the demo adopts (cached rows keep their meaning)
-    assert (base["noise"], base["sample_steps"], base["t_star_ensemble"], base["draws"], base["residual"]) == \
-        ("gaussian", 25, [], 1, "abs")
+    assert (base["noise"], base["sample_steps"], base["t_star_ensemble"], base["draws"], base["residual"],
+            base["median_size"]) == ("gaussian", 25, [], 1, "abs", 3)
 
 
 def test_summary_gives_mean_and_spread_over_seeds():

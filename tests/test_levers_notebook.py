@@ -55,7 +55,8 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
                          "x0-int2-max": {"t_star": 25, "sample_steps": 1, "intensity_weight": 2, "fusion": "max"}},
             "seeds": [0, 1], "baseline_fusions": ["sum", "max"],
             "baselines": ["floor_intensity", "dae"], "variant_seeds": {"dae": [0]}, "dae_steps": 20,
-            "baseline_intensity_weights": [0, 2], "slice_stride": 4, "adv_profile_t": []}
+            "baseline_intensity_weights": [0, 2], "baseline_median_sizes": [1], "slice_stride": 4,
+            "adv_profile_t": []}
     params = second.parent / "second.yaml"
     params.write_text(yaml.safe_dump(spec))
     assert levers_main([str(params), "--run-dir", str(second)]) == 0
@@ -71,9 +72,14 @@ def _scores_its_models_on_more_tuning_draws(first: Path, second: Path, capsys) -
         plain, fused, larger = (by[("coarse", seed, s)] for s in ("x0", "x0-int2", "x0-int2-max"))
         assert not plain["network_pass_reused"] and fused["network_pass_reused"] and larger["network_pass_reused"]
         assert fused["seconds"] == plain["seconds"] and fused["auprc"] != plain["auprc"] != larger["auprc"]
-    # the max fusion needs a weight: the DAE's residual alone gets no max row
+    # the max fusion needs a weight: the DAE's residual alone gets no max row; each map also unfiltered
+    # (baseline_median_sizes), from the same pass
     assert sorted(r["scoring"] for r in rows if r["variant"].startswith("DAE")) == [
-        "+ intensity w=2", "+ intensity w=2, max", "-"]
+        "+ intensity w=2", "+ intensity w=2, max", "+ intensity w=2, max, median 1x1", "+ intensity w=2, median 1x1",
+        "-", "median 1x1"]
+    floor = {r["scoring"]: r for r in rows if r["variant"] == "intensity floor (x itself)"}
+    assert set(floor) == {"-", "median 1x1"} and floor["median 1x1"]["network_pass_reused"]
+    assert floor["median 1x1"]["auprc"] != floor["-"]["auprc"]
 
     m1, m2 = (json.loads((d / "data" / "manifest.json").read_text()) for d in (first, second))
     assert m1["fingerprint"] != m2["fingerprint"] and m1["training_fingerprint"] == m2["training_fingerprint"]
