@@ -224,9 +224,8 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
                     cfg.baseline_fusions if learns else ("sum",), medians):
                 if fusion != "sum" and not weight:
                     continue  # the max fusion combines a fused map with the residual alone: it needs a weight
-                key = _baseline_key(name, seed, fingerprint, cfg, base, eval_key, residual, weight, fusion)
-                if median != pp_default.median_size:
-                    key["median_size"] = median
+                key = _baseline_key(name, seed, fingerprint, cfg, base, eval_key, residual, weight, fusion,
+                                    median if median != pp_default.median_size else None)
                 label = ", ".join(filter(None, ["positive residual" if residual != "abs" else "",
                                                 f"+ intensity w={weight:g}" if weight else "",
                                                 "max" if fusion != "sum" else "",
@@ -258,9 +257,11 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
 
 
 def _baseline_key(name: str, seed: int, fingerprint: str, cfg: LeverConfig, base: Mapping[str, Any],
-                  eval_key: Mapping[str, Any], residual: str, weight: float, fusion: str = "sum") -> dict[str, Any]:
+                  eval_key: Mapping[str, Any], residual: str, weight: float, fusion: str = "sum",
+                  median: int | None = None) -> dict[str, Any]:
     """What a baseline's result row is cached by. An AE's or DAE's key names its seeded initialisation, so rows
-    scored with one whose initial weights came from the process's random state (before it was seeded) are redone."""
+    scored with one whose initial weights came from the process's random state (before it was seeded) are redone.
+    ``median``: a filter other than the base's (None: the base's, which the key leaves out as before)."""
     key = {"baseline": name, "seed": seed, "data": fingerprint, "stride": cfg.slice_stride, "dae_steps": cfg.dae_steps,
            "ae_steps": int(base.get("ae_steps", 1500)), **eval_key,
            **_changed(base, ("dae_noise_std", "dae_noise_res"))}
@@ -272,6 +273,8 @@ def _baseline_key(name: str, seed: int, fingerprint: str, cfg: LeverConfig, base
         key["intensity_weight"] = weight
     if fusion != "sum":
         key.update(fusion=fusion, fusion_quantile=cfg.baseline_fusion_quantile)
+    if median is not None:
+        key["median_size"] = median
     return key
 
 
