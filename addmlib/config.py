@@ -63,6 +63,10 @@ def _coerce(value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise TypeError
         args = typing.get_args(tp)
+        if origin is tuple and len(args) > 1 and Ellipsis not in args:  # a fixed length: tuple[float, float]
+            if len(value) != len(args):
+                raise TypeError
+            return tuple(_coerce(v, a) for v, a in zip(value, args))
         item = args[0] if args else Any
         items = [_coerce(v, item) for v in value]
         return tuple(items) if origin is tuple else items
@@ -303,7 +307,8 @@ class PrepareConfig(RunConfig):
     numbers, as on the IXI slices; ``lesions_per_host`` of them per host, a multiple of 4 gives each kind alike).
     ``lesion_sites``: where the kinds (IXI slices, and set B with "kinds") may lie: "brain" (anywhere in the brain
     mask) or "tissue" (the parenchyma only; a lesion never paints over a ventricle). ``lesion_texture``: their fine
-    texture in units of the surrounding tissue's std (0.25; 0: smooth lesions).
+    texture in units of the surrounding tissue's std (0.25; 0: smooth lesions). ``lesion_diameter_mm``: [low, high],
+    the range the kinds' diameters are drawn from, uniformly (4-25 mm).
     ``slices_root``: a folder of 2-D slices with lesion masks (``<stem>.png`` / ``<stem>.nii.gz`` and
     ``<stem>_mask.<ext>``), the split ``slices_test``, prepared like the IXI slices (``slices_skull``: skull on; a PNG's
     pixel size ``slices_spacing_mm``) and calibrated on ``ixi_calib`` (so it needs ``ixi``).
@@ -336,6 +341,7 @@ class PrepareConfig(RunConfig):
     lesion_mix: Literal["legacy", "kinds"] = "legacy"
     lesion_sites: Literal["brain", "tissue"] = "brain"
     lesion_texture: float = 0.25
+    lesion_diameter_mm: tuple[float, float] = (4.0, 25.0)
     slices_root: str = ""
     slices_skull: bool = True
     slices_spacing_mm: float = 1.0
@@ -352,6 +358,10 @@ class PrepareConfig(RunConfig):
         if not 0 <= self.lesion_texture <= 2:
             raise ValueError(f"lesion_texture must be in [0, 2] (the lesions' fine texture in tissue stds), got "
                              f"{self.lesion_texture}")
+        low, high = self.lesion_diameter_mm
+        if not 0 < low <= high:
+            raise ValueError(f"lesion_diameter_mm must be [low, high] with 0 < low <= high (mm), got "
+                             f"{list(self.lesion_diameter_mm)}")
         for name in ("tune_draws", "eval_b_draws", "ixi_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -448,7 +458,11 @@ class EvalConfig(DepthConfig):
     ``deep_t_star_ensemble`` (non-empty): each model's map (``t_star``, ``eval_noise``...) is mixed with its deep map,
     the one-step estimate from the input noised with the model's noise at these depths (``deep_draws`` draws each),
     each map read in units of its 99th percentile on the IXI calibration individuals (``evaluate.with_deep_map``;
-    the data must hold them: ``ixi``)."""
+    the data must hold them: ``ixi``).
+
+    ``median_size``: the map's median filter, over that many voxels along each axis of the stack of scored slices (every
+    ``slice_stride``-th slice of a volume: at stride 3 a 5-voxel window spans 15 slices); with ``median_in_plane`` over
+    median_size x median_size voxels of each slice alone. A 2-D slice is filtered in its plane either way."""
 
     device: str = "auto"
     models: tuple[str, ...] = ("addm", "ddpm")
@@ -468,6 +482,7 @@ class EvalConfig(DepthConfig):
     fpr: float = 0.05
     brain_erode_mm: float = 3.0
     median_size: int = 3
+    median_in_plane: bool = False
     min_component_voxels: int = 5
     anoddpm_protocol: bool = True
     write_nifti: bool = True

@@ -49,11 +49,18 @@ FusionRule = Literal["sum", "max"]
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """Switches for ``post_processing``; erode_mm = 0, median_size <= 1, min_component_voxels <= 1 turn steps off."""
+    """Switches for ``post_processing``; erode_mm = 0, median_size <= 1, min_component_voxels <= 1 turn steps off;
+    ``median_in_plane``: the median window lies in each slice's plane instead of spanning the stack of scored slices."""
 
     erode_mm: float = 3.0
     median_size: int = 3
     min_component_voxels: int = 5
+    median_in_plane: bool = False
+
+    @classmethod
+    def of(cls, cfg: EvalConfig) -> "PostProcessing":
+        """The post-processing that ``cfg`` asks for."""
+        return cls(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels, cfg.median_in_plane)
 
 
 @dataclass
@@ -184,7 +191,8 @@ def with_deep_map(scorer: Scorer, info: Mapping[str, Any], checkpoint: str | Pat
 
 def post_process(amap: np.ndarray, brain: np.ndarray, spacing: np.ndarray, pp: PostProcessing) -> np.ndarray:
     """Median filter, then restriction to the eroded brain (both on the compact stack of scored slices)."""
-    return restrict_to_brain(median_filter(amap, pp.median_size), brain, pp.erode_mm, tuple(spacing))
+    return restrict_to_brain(median_filter(amap, pp.median_size, pp.median_in_plane), brain, pp.erode_mm,
+                             tuple(spacing))
 
 
 def score_split(scorer: Scorer, volumes: Iterable[PreparedVolume], slice_stride: int, pp: PostProcessing,
@@ -616,6 +624,7 @@ def detector_record(cfg: EvalConfig, data: PreparedDataset, models: Mapping[str,
                         "slice_stride": cfg.slice_stride, "deep_t_star": list(cfg.deep_t_star_ensemble),
                         "deep_draws": cfg.deep_draws},
             "post_processing": {"erode_mm": cfg.brain_erode_mm, "median_size": cfg.median_size,
+                                "median_in_plane": cfg.median_in_plane,
                                 "min_component_voxels": cfg.min_component_voxels},
             "models": dict(models)}
 
@@ -655,7 +664,7 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     a new scan needs (each model's calibrated threshold and fusion, the scoring, post-processing and preparation
     settings) is written to ``out/detector.json`` (``detector_record``).
     """
-    pp = PostProcessing(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels)
+    pp = PostProcessing.of(cfg)
     run_dir = Path(cfg.run_dir).resolve()
     results: dict[str, Any] = {}
     infos: dict[str, Any] = {}

@@ -130,10 +130,10 @@ def run_campaign(cfg: LeverConfig, base: Mapping[str, Any], progress: Callable[.
     fingerprint = data.manifest["fingerprint"]
     models_root = _models_root(cfg)
     pp_default = PostProcessing(float(base.get("brain_erode_mm", 3.0)), int(base.get("median_size", 3)),
-                                int(base.get("min_component_voxels", 5)))
+                                int(base.get("min_component_voxels", 5)), bool(base.get("median_in_plane", False)))
     fpr = float(base.get("fpr", 0.05))
     amp = str(base.get("amp", "auto"))
-    eval_key = _changed(base, ("fpr", "brain_erode_mm", "min_component_voxels", "amp"))
+    eval_key = _changed(base, ("fpr", "brain_erode_mm", "min_component_voxels", "amp", "median_in_plane"))
     medians = (pp_default.median_size, *(m for m in cfg.baseline_median_sizes if m != pp_default.median_size))
     rows: list[dict[str, Any]] = []
 

@@ -73,9 +73,14 @@ def max_fusion(fused: np.ndarray, residual: np.ndarray, fused_anchors: tuple[flo
     return np.minimum(np.maximum(fused, mapped), high).astype(fused.dtype)
 
 
-def median_filter(amap: np.ndarray, size: int = 3) -> np.ndarray:
-    """Median filter with a cubic window of ``size`` voxels (size <= 1: unchanged)."""
-    return amap if size <= 1 else ndimage.median_filter(amap, size=size, mode="nearest")
+def median_filter(amap: np.ndarray, size: int = 3, in_plane: bool = False) -> np.ndarray:
+    """Median filter over ``size`` voxels along every axis (a cubic window), or with ``in_plane`` over size x size
+    voxels of each slice alone (the window is one voxel long along the last axis, the stack of slices); size <= 1:
+    unchanged. A single slice is filtered in its plane either way."""
+    if size <= 1:
+        return amap
+    window = (size,) * (amap.ndim - 1) + (1,) if in_plane else (size,) * amap.ndim
+    return ndimage.median_filter(amap, size=window, mode="nearest")
 
 
 def remove_small_components(pred: np.ndarray, min_voxels: int) -> np.ndarray:

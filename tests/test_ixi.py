@@ -231,3 +231,23 @@ def test_lesion_texture_out_of_range_is_refused_by_name():
     from addmlib.config import ConfigError, PrepareConfig, validate
     with pytest.raises(ConfigError, match="lesion_texture must be in \\[0, 2\\]"):
         validate(PrepareConfig, {"lesion_texture": -1.0}, "p.yaml")
+
+
+def test_larger_lesions_are_drawn_from_their_own_range_and_leave_the_training_data_alone():
+    image, brain, spacing = _slice(size=96)
+    for i in range(8):
+        big = lesion_kinds.draw(image, brain, spacing, i, np.random.default_rng(i), sites="tissue",
+                                diameter_mm=(30.0, 40.0))
+        assert 30.0 <= big.detail["diameter_mm"] <= 40.0 and big.mask.any()
+    default, large = _settings(), _settings(lesion_diameter_mm=(25.0, 50.0))
+    assert default.fingerprint() != large.fingerprint()
+    assert default.training_fingerprint() == large.training_fingerprint()
+    assert default.fingerprint() == _settings(lesion_diameter_mm=(4.0, 25.0)).fingerprint(), "older builds stay valid"
+
+
+@pytest.mark.parametrize("value, message", [([30.0, 10.0], "0 < low <= high"), ([10.0], "tuple\\[float, float\\]"),
+                                            ([0.0, 5.0], "0 < low <= high")])
+def test_a_bad_lesion_diameter_range_is_refused_by_name(value, message):
+    from addmlib.config import ConfigError, PrepareConfig, validate
+    with pytest.raises(ConfigError, match=f"lesion_diameter_mm.*{message}"):
+        validate(PrepareConfig, {"lesion_diameter_mm": value}, "p.yaml")

@@ -100,6 +100,16 @@ def test_post_processing_on_blobs():
     assert np.array_equal(restrict_to_brain(vol, brain), np.where(brain, vol, 0))
 
 
+def test_the_in_plane_median_keeps_a_lesion_one_scored_slice_thick_that_the_cube_removes():
+    stack = np.zeros((12, 12, 5), np.float32)
+    stack[3:8, 3:8, 2] = 1.0  # 5 x 5 voxels in one slice of the stack
+    cube, plane = median_filter(stack, 3), median_filter(stack, 3, in_plane=True)
+    assert cube.max() == 0  # at most 9 of a 3 x 3 x 3 window's 27 voxels are in the lesion
+    assert plane[4:7, 4:7, 2].min() == 1 and plane[stack == 0].max() == 0  # kept in its slice (corners rounded)
+    one = np.random.default_rng(0).random((12, 12, 1)).astype(np.float32)  # a single slice: filtered alike
+    assert np.array_equal(median_filter(one, 5), median_filter(one, 5, in_plane=True))
+
+
 def test_a_single_slice_is_eroded_in_its_plane_only():
     brain = np.zeros((20, 20, 1), bool)
     brain[4:16, 4:16] = True

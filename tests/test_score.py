@@ -199,6 +199,18 @@ def test_a_copied_run_scores_with_its_own_weights(run, scans, tmp_path, capsys):
     assert Path(summary["checkpoint"]) == (copy / "models" / "addm" / "checkpoint.pt").resolve()
 
 
+def test_the_detector_records_its_median_window_and_an_older_record_reads_cubic(run, tmp_path):
+    assert score.load_detector(run).post_processing.median_in_plane  # params/ci/ci.yaml filters in-plane
+    older = tmp_path / "older"
+    shutil.copytree(run, older, ignore=shutil.ignore_patterns("data", "notebooks"))
+    path = older / "eval" / "detector.json"
+    record = json.loads(path.read_text())
+    del record["post_processing"]["median_in_plane"]  # written before the key existed: the cube
+    path.write_text(json.dumps(record))
+    pp = score.load_detector(older).post_processing
+    assert not pp.median_in_plane and pp.median_size == 5
+
+
 def test_the_notebook_scores_and_browses(run, scans, tmp_path):
     out = tmp_path / "08_score.ipynb"
     pipeline.execute_notebook(ROOT / "notebooks" / "08_score.ipynb", out,

@@ -182,17 +182,20 @@ def insert(image: np.ndarray, brain: np.ndarray, region: np.ndarray, kind: str, 
 
 def draw(image: np.ndarray, brain: np.ndarray, spacing: np.ndarray, index: int, rng: np.random.Generator,
          donors: list[tuple[str, np.ndarray, np.ndarray]] | None = None, sites: str = "brain",
-         texture: float = 0.25) -> Inserted:
-    """Lesion number ``index`` of a benchmark: kind ``KINDS[index % 4]`` (equal proportions), diameter ~ U(4, 25) mm,
+         texture: float = 0.25, diameter_mm: tuple[float, float] = DIAMETER_MM) -> Inserted:
+    """Lesion number ``index`` of a benchmark: kind ``KINDS[index % 4]`` (equal proportions), diameter ~
+    U(``diameter_mm``) (4-25 mm by default),
     a real tumour's shape for every third group of four when ``donors`` ((name, mask, spacing)) are given, else an
     irregular ellipse; anywhere in the brain (``sites="brain"``) or in its parenchyma only (``"tissue"``,
     ``tissue_mask``). Redrawn (up to 20 times) where the region would hold fewer than 2 voxels."""
     if sites not in ("brain", "tissue"):
         raise ValueError(f"lesion sites must be 'brain' or 'tissue', got {sites!r}")
+    if not 0 < diameter_mm[0] <= diameter_mm[1]:
+        raise ValueError(f"lesion diameters must be a range (low, high) with 0 < low <= high mm, got {diameter_mm}")
     kind = KINDS[index % len(KINDS)]
     allowed = tissue_mask(image, brain, spacing) if sites == "tissue" else None
     for _ in range(20):
-        diameter = float(rng.uniform(*DIAMETER_MM))
+        diameter = float(rng.uniform(*diameter_mm))
         if donors and (index // len(KINDS)) % 3 == 2:
             name, mask, dspacing = donors[(index // (3 * len(KINDS))) % len(donors)]
             region, shape = donor_region(brain, spacing, mask, dspacing, diameter, rng, allowed), f"donor:{name}"

@@ -20,7 +20,8 @@ Splits are by subject, never by slice:
 real tumours (their own intensities); "kinds" inserts the four kinds of ``lesion_kinds`` in equal proportions instead,
 every third group of four in a real tumour's shape, as on the IXI slices. ``lesion_sites``: where those kinds may lie,
 "brain" (anywhere inside the brain mask, ventricles included) or "tissue" (the parenchyma only,
-``lesion_kinds.tissue_mask``); ``lesion_texture``: the strength of their fine texture (``lesion_kinds.insert``).
+``lesion_kinds.tissue_mask``); ``lesion_texture``: the strength of their fine texture (``lesion_kinds.insert``);
+``lesion_diameter_mm``: the range their diameters are drawn from (4-25 mm).
 
 Each volume is stored preprocessed (N x N x Z axial stack, float16 in [-1, 1]) with its brain mask, lesion mask,
 voxel->world affine, the indices of the slices that hold enough brain, and the geometry of the scan it came from so
@@ -86,6 +87,7 @@ class PrepareSettings:
     lesion_mix: str = "legacy"
     lesion_sites: str = "brain"
     lesion_texture: float = 0.25
+    lesion_diameter_mm: tuple[float, float] = (4.0, 25.0)
     slices_root: str = ""
     slices_skull: bool = True
     slices_spacing_mm: float = 1.0
@@ -93,7 +95,7 @@ class PrepareSettings:
     def fingerprint(self) -> str:
         """Hash of the settings. Settings added later whose defaults build the same data (``_LATER_FIELDS``: the
         tuning hosts, the mask checks, the tuning and set-B draws) count only when changed, so datasets built before
-        them stay valid; ``lesion_sites`` and ``lesion_texture`` count only where the kinds' lesions are drawn (``ixi``
+        them stay valid; ``lesion_sites``, ``lesion_texture`` and ``lesion_diameter_mm`` count only where the kinds' lesions are drawn (``ixi``
         or ``lesion_mix: kinds``)."""
         values = asdict(self if self.ixi or self.lesion_mix == "kinds" else self._default_kind_settings())
         for name in _LATER_FIELDS:
@@ -106,19 +108,19 @@ class PrepareSettings:
         """The fingerprint of these settings with one lesion draw per tuning and set-B host. Builds that differ only in
         ``tune_draws`` or ``eval_b_draws`` hold the same training and healthy slices (later draws are inserted last,
         and the first draws stay as they were), so a model trained on one of them is valid for all: models and
-        baselines are keyed by this. ``lesion_sites`` and ``lesion_texture`` change lesions only, never a training
+        baselines are keyed by this. ``lesion_sites``, ``lesion_texture`` and ``lesion_diameter_mm`` change lesions only, never a training
         slice, so they do not count either."""
         return replace(self._default_kind_settings(), tune_draws=1, eval_b_draws=1).fingerprint()
 
     def _default_kind_settings(self) -> PrepareSettings:
-        """These settings with the lesion kinds' placement and texture (``_KIND_FIELDS``) at their defaults."""
+        """These settings with the lesion kinds' placement, texture and sizes (``_KIND_FIELDS``) at their defaults."""
         return replace(self, **{name: PrepareSettings.__dataclass_fields__[name].default for name in _KIND_FIELDS})
 
 
 _LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws", "eval_b_draws", "ixi",
                  "ixi_draws", "ixi_train_max", "lesion_mix", "lesion_sites", "lesion_texture", "slices_root",
-                 "slices_skull", "slices_spacing_mm")
-_KIND_FIELDS = ("lesion_sites", "lesion_texture")  # they move the kinds' lesions only, never a training slice
+                 "slices_skull", "slices_spacing_mm", "lesion_diameter_mm")
+_KIND_FIELDS = ("lesion_sites", "lesion_texture", "lesion_diameter_mm")  # they move the kinds' lesions only, never a training slice
 
 
 def settings_from_config(cfg: Any) -> PrepareSettings:
@@ -312,7 +314,8 @@ def build(settings: PrepareSettings, out_dir: str | Path, cache_dir: Path | None
             if settings.lesion_mix == "kinds":
                 for i in range(settings.lesions_per_host):
                     lesion = lesion_kinds.draw(host.image, host.brain, host.spacing, i, rng, donors,
-                                              settings.lesion_sites, settings.lesion_texture)
+                                              settings.lesion_sites, settings.lesion_texture,
+                                              settings.lesion_diameter_mm)
                     vid = f"{host_name}+{lesion.detail['kind']}{i:02d}{suffix}"
                     _store(arrays, volumes, split, vid, replace(host, image=lesion.image, lesion=lesion.mask),
                            dict(host_meta, id=vid, host=host_name, draw=draw, lesion=lesion.detail,
@@ -450,7 +453,8 @@ def _store_population(arrays: dict[str, np.ndarray], volumes: dict[str, list[dic
             for draw in range(settings.ixi_draws):
                 index = n * settings.ixi_draws + draw
                 lesion = lesion_kinds.draw(vol.image, vol.brain, vol.spacing, index, rng, donors,
-                                           settings.lesion_sites, settings.lesion_texture)
+                                           settings.lesion_sites, settings.lesion_texture,
+                                              settings.lesion_diameter_mm)
                 vid = f"{sid}+{lesion.detail['kind']}-d{draw}"
                 _store(arrays, volumes, split, vid, replace(vol, image=lesion.image, lesion=lesion.mask),
                        dict(meta, id=vid, draw=draw, lesion=lesion.detail, lesion_kind=lesion.detail["kind"],
