@@ -95,8 +95,8 @@ class PrepareSettings:
     def fingerprint(self) -> str:
         """Hash of the settings. Settings added later whose defaults build the same data (``_LATER_FIELDS``: the
         tuning hosts, the mask checks, the tuning and set-B draws) count only when changed, so datasets built before
-        them stay valid; ``lesion_sites``, ``lesion_texture`` and ``lesion_diameter_mm`` count only where the kinds' lesions are drawn (``ixi``
-        or ``lesion_mix: kinds``)."""
+        them stay valid; the kinds' fields (``_KIND_FIELDS``: ``lesion_sites``, ``lesion_texture``,
+        ``lesion_diameter_mm``) count only where the kinds' lesions are drawn (``ixi`` or ``lesion_mix: kinds``)."""
         values = asdict(self if self.ixi or self.lesion_mix == "kinds" else self._default_kind_settings())
         for name in _LATER_FIELDS:
             if values[name] == PrepareSettings.__dataclass_fields__[name].default:
@@ -108,8 +108,8 @@ class PrepareSettings:
         """The fingerprint of these settings with one lesion draw per tuning and set-B host. Builds that differ only in
         ``tune_draws`` or ``eval_b_draws`` hold the same training and healthy slices (later draws are inserted last,
         and the first draws stay as they were), so a model trained on one of them is valid for all: models and
-        baselines are keyed by this. ``lesion_sites``, ``lesion_texture`` and ``lesion_diameter_mm`` change lesions only, never a training
-        slice, so they do not count either."""
+        baselines are keyed by this. The kinds' fields (``_KIND_FIELDS``) change lesions only, never a training slice,
+        so they do not count either."""
         return replace(self._default_kind_settings(), tune_draws=1, eval_b_draws=1).fingerprint()
 
     def _default_kind_settings(self) -> PrepareSettings:
@@ -120,7 +120,8 @@ class PrepareSettings:
 _LATER_FIELDS = ("tune_hosts", "min_mask_overlap", "allow_empty_masks", "tune_draws", "eval_b_draws", "ixi",
                  "ixi_draws", "ixi_train_max", "lesion_mix", "lesion_sites", "lesion_texture", "slices_root",
                  "slices_skull", "slices_spacing_mm", "lesion_diameter_mm")
-_KIND_FIELDS = ("lesion_sites", "lesion_texture", "lesion_diameter_mm")  # they move the kinds' lesions only, never a training slice
+# they move the kinds' lesions only, never a training slice
+_KIND_FIELDS = ("lesion_sites", "lesion_texture", "lesion_diameter_mm")
 
 
 def settings_from_config(cfg: Any) -> PrepareSettings:
@@ -454,7 +455,7 @@ def _store_population(arrays: dict[str, np.ndarray], volumes: dict[str, list[dic
                 index = n * settings.ixi_draws + draw
                 lesion = lesion_kinds.draw(vol.image, vol.brain, vol.spacing, index, rng, donors,
                                            settings.lesion_sites, settings.lesion_texture,
-                                              settings.lesion_diameter_mm)
+                                           settings.lesion_diameter_mm)
                 vid = f"{sid}+{lesion.detail['kind']}-d{draw}"
                 _store(arrays, volumes, split, vid, replace(vol, image=lesion.image, lesion=lesion.mask),
                        dict(meta, id=vid, draw=draw, lesion=lesion.detail, lesion_kind=lesion.detail["kind"],
