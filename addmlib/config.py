@@ -800,10 +800,10 @@ class BrowseConfig(RunConfig):
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig(RunConfig):
     """notebooks/08_score.ipynb (and ``python -m addmlib.score``): score scans you have with the trained, evaluated
-    run ``run_dir`` and browse the result.
+    run ``run_dir`` (or the detector shipped with the package of that name, e.g. "ixi-2400") and browse the result.
 
     ``scans``: 3-D NIfTI/NRRD files or 2-D axial slices (PNG, one-slice NIfTI); ``masks``: a lesion mask per scan, or
-    none (a ``<stem>_mask.nii.gz`` beside a scan is its mask); ``out_dir``: one folder per scan; ``model``: the
+    none (a ``<stem>_mask.nii.gz`` or ``.png`` beside a scan is its mask); ``out_dir``: one folder per scan; ``model``: the
     evaluated model to score with (empty: the first); ``eval_name``: the evaluation whose threshold is used;
     ``skull``: whether the scans have their skull ("auto": by the volume of non-background tissue)."""
 

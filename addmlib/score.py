@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from . import shipped
 from .cli import ArgumentParser, run_main
 from .config import ConfigError
 from .data.datasets import Subject
@@ -123,10 +124,17 @@ def _make_hint(run_dir: Path, notebook: str) -> str:
 
 def load_detector(run_dir: str | Path, model: str = "", eval_name: str = "eval") -> Detector:
     """The detector of ``model`` (empty: the first one evaluated) in ``run_dir/eval_name/detector.json``; a
-    ScoreInputError saying which command makes what is missing."""
+    ScoreInputError saying which command makes what is missing. ``run_dir`` may name a detector shipped with the
+    package (``shipped.names()``) instead of a folder."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir() and str(run_dir) in shipped.names():
+        try:
+            run_dir = shipped.path(str(run_dir))
+        except shipped.ShippedDetectorError as exc:
+            raise ScoreInputError(str(exc)) from None
     if not run_dir.is_dir():
-        raise ScoreInputError(f"{run_dir}: run folder not found")
+        raise ScoreInputError(f"{run_dir}: run folder not found (nor a shipped detector: "
+                              f"{', '.join(shipped.names()) or 'none'})")
     path = run_dir / eval_name / DETECTOR_FILE
     if not path.is_file():
         raise ScoreInputError(f"{path} not found: the run has no calibrated threshold; evaluate it first: "
@@ -158,8 +166,8 @@ def scan_stem(path: Path) -> str:
 
 
 def mask_beside(scan: Path) -> Path | None:
-    """``<stem>_mask.nii.gz`` (or .nii, .nrrd) beside the scan, if there is one."""
-    for suffix in (".nii.gz", ".nii", ".nrrd"):
+    """``<stem>_mask.nii.gz`` (or .nii, .nrrd, .png) beside the scan, if there is one."""
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".png"):
         candidate = scan.with_name(f"{scan_stem(scan)}_mask{suffix}")
         if candidate.is_file():
             return candidate
@@ -444,7 +452,8 @@ def score_scans(run_dir: str | Path, scans: Sequence[str | Path], out: str | Pat
                 eval_name: str = "eval", skull: Skull = "auto", masks: Sequence[str | Path | None] = (),
                 device: str = "auto", threads: int = 2) -> list[dict[str, Any]]:
     """Score each scan with ``model`` of the run; every input is checked before anything is written. ``masks``: a
-    lesion mask per scan (None: ``<stem>_mask.nii.gz`` beside it, if any). Returns the summaries."""
+    lesion mask per scan (None: ``<stem>_mask.<ext>`` beside it, if any, ``mask_beside``). Returns the summaries.
+    ``run_dir``: a run folder, or the name of a shipped detector (``shipped.names()``)."""
     if skull not in ("on", "off", "auto"):
         raise ScoreInputError(f"--skull must be on, off or auto, got {skull!r}")
     set_threads(threads)
@@ -485,7 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m addmlib.score RUN_DIR SCAN [SCAN ...] --out DIR``: anomaly map, flagged mask and reconstruction of
     each scan on its own grid, a PNG and summary.json, with a trained and evaluated run's detector."""
     parser = ArgumentParser(prog="python -m addmlib.score", description=main.__doc__)
-    parser.add_argument("run_dir", help="a run folder after training and evaluation (e.g. outputs/demo)")
+    parser.add_argument("run_dir", help="a run folder after training and evaluation (e.g. outputs/demo), or the name "
+                                        "of a detector shipped with the package (e.g. ixi-2400)")
     parser.add_argument("scans", nargs="+", help="3-D NIfTI/NRRD scans, or 2-D axial slices (PNG, one-slice NIfTI)")
     parser.add_argument("--out", required=True, help="output folder: one sub-folder per scan")
     parser.add_argument("--model", default="", help="the evaluated model to score with (default: the first one)")

@@ -9,6 +9,7 @@ import matplotlib
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from addmlib import pipeline, score
 from addmlib.data import ixi
@@ -197,6 +198,25 @@ def test_a_copied_run_scores_with_its_own_weights(run, scans, tmp_path, capsys):
     assert code == 0, err
     summary = json.loads((tmp_path / "out" / "slice" / "summary.json").read_text())
     assert Path(summary["checkpoint"]) == (copy / "models" / "addm" / "checkpoint.pt").resolve()
+
+
+def test_an_exported_detector_scores_as_its_run_does_and_is_never_overwritten(run, scans, tmp_path, capsys):
+    from addmlib import shipped
+    packed = shipped.export(run, "eval", "addm", tmp_path / "packed")
+    slim = torch.load(packed / "models" / "addm" / "checkpoint.pt", weights_only=True)
+    assert "ema" in slim and not {"unet", "disc", "opt_g", "opt_d"} & set(slim)  # what scoring needs, no more
+    assert not (packed / "models" / "addm" / "checkpoint-prev.pt").exists()
+    shipped.verify(packed)
+    for source, out in ((run, tmp_path / "from-run"), (packed, tmp_path / "from-packed")):
+        code, err = _ran([source, scans["slice"], "--out", out], capsys)
+        assert code == 0, err
+    maps = [np.asarray(nib.load(tmp_path / d / "slice" / "slice_map.nii.gz").dataobj)
+            for d in ("from-run", "from-packed")]
+    assert np.array_equal(*maps)
+    with pytest.raises(shipped.ShippedDetectorError, match="exists; export writes a new folder"):
+        shipped.export(run, "eval", "addm", packed)
+    assert shipped.main([str(run), "--model", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "no model 'nope'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_the_detector_records_its_median_window_and_an_older_record_reads_cubic(run, tmp_path):
