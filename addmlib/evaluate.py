@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -61,6 +61,12 @@ class PostProcessing:
     def of(cls, cfg: EvalConfig) -> "PostProcessing":
         """The post-processing that ``cfg`` asks for."""
         return cls(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels, cfg.median_in_plane)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "PostProcessing":
+        """The post-processing a ``detector.json`` names (``detector_record``); a key it lacks (a record written
+        before the key existed) keeps its default, as such a run was made: ``median_in_plane`` False, the cube."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
 @dataclass
@@ -623,9 +629,7 @@ def detector_record(cfg: EvalConfig, data: PreparedDataset, models: Mapping[str,
                         "eval_batch_size": cfg.eval_batch_size, "amp": cfg.amp, "channels_last": cfg.channels_last,
                         "slice_stride": cfg.slice_stride, "deep_t_star": list(cfg.deep_t_star_ensemble),
                         "deep_draws": cfg.deep_draws},
-            "post_processing": {"erode_mm": cfg.brain_erode_mm, "median_size": cfg.median_size,
-                                "median_in_plane": cfg.median_in_plane,
-                                "min_component_voxels": cfg.min_component_voxels},
+            "post_processing": asdict(PostProcessing.of(cfg)),
             "models": dict(models)}
 
 

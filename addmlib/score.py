@@ -111,9 +111,7 @@ class Detector:
 
     @property
     def post_processing(self) -> PostProcessing:
-        pp = self.record["post_processing"]
-        return PostProcessing(float(pp["erode_mm"]), int(pp["median_size"]), int(pp["min_component_voxels"]),
-                              bool(pp.get("median_in_plane", False)))  # records before the key: cubic
+        return PostProcessing.from_record(self.record["post_processing"])
 
 
 def _make_hint(run_dir: Path, notebook: str) -> str:

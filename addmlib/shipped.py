@@ -16,7 +16,6 @@ Make one from any evaluated run (the folder must not exist yet; it is written wh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ import torch
 
 from .cli import ArgumentParser, run_main
 from .config import ConfigError
+from .data.sources import sha256_of
 from .evaluate import DETECTOR_FILE
 from .models import CheckpointError, load_checkpoint, recorded_checkpoint
 
@@ -49,14 +49,6 @@ def names() -> list[str]:
     return sorted(p.name for p in SHIPPED_ROOT.iterdir() if (p / CHECKSUMS).is_file())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(folder: Path) -> None:
     """Every file that ``folder/SHA256SUMS`` lists is there with its checksum; a ShippedDetectorError naming the first
     that is missing or differs."""
@@ -70,7 +62,7 @@ def verify(folder: Path) -> None:
         path = folder / rel.strip()
         if not path.is_file():
             raise ShippedDetectorError(f"{path}: listed in {sums} but missing; reinstall the package")
-        if _sha256(path) != expected:
+        if sha256_of(path) != expected:
             raise ShippedDetectorError(f"{path}: checksum differs from {sums} (altered or truncated); reinstall "
                                        f"the package")
 
@@ -117,7 +109,7 @@ def export(run_dir: str | Path, eval_name: str, model: str, out: str | Path) -> 
                     "exported_from": {"run_dir": run_dir.as_posix(), "eval_name": eval_name, "model": model}}
         (work / "eval" / DETECTOR_FILE).write_text(json.dumps(detector, indent=2, sort_keys=True) + "\n")
         files = sorted(p for p in work.rglob("*") if p.is_file())
-        (work / CHECKSUMS).write_text("".join(f"{_sha256(p)}  {p.relative_to(work).as_posix()}\n" for p in files))
+        (work / CHECKSUMS).write_text("".join(f"{sha256_of(p)}  {p.relative_to(work).as_posix()}\n" for p in files))
         os.replace(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
