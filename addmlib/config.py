@@ -234,7 +234,10 @@ class ModelConfig(DepthConfig):
     only, eps * 1[x0 > -0.99], as the coarse-noise DAE does; ``noise.HeadOnlyNoise``). ``prediction``: what the U-Net
     outputs, "epsilon" (the paper's, Ho et al.; L_DDPM = ||eps - eps_theta||^2) or "x0" (MONAI's "sample"; L_DDPM =
     ||x0 - x0_hat||^2, the DAE's loss, which is the epsilon loss weighted by (1 - alpha_bar_t) / alpha_bar_t: deeper t
-    count more)."""
+    count more). ``unet_scale_shift_norm``: the time (and condition) embedding scales and shifts each block's
+    normalised features (improved-diffusion's) instead of being added before the norm (the DDPM's, ``nets.ResBlock``).
+    ``unet_condition_channels`` > 0: the U-Net is conditioned on the clean input through an encoder of
+    that width (cDDPM's input conditioning, ``nets`` module docstring); 0: unconditioned, the paper's."""
 
     device: str = "auto"
     image_size: int = 64
@@ -257,9 +260,17 @@ class ModelConfig(DepthConfig):
     disc_base_channels: int = 32
     disc_channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     patch_size: int = 0
+    unet_scale_shift_norm: bool = False
+    unet_condition_channels: int = 0
 
     def check(self) -> None:
         super().check()
+        if self.unet_condition_channels < 0:
+            raise ValueError(f"unet_condition_channels must be 0 (unconditioned) or the width of the input encoder "
+                             f"(cDDPM), got {self.unet_condition_channels}")
+        if self.unet_condition_channels and not self.unet_scale_shift_norm:
+            raise ValueError("unet_condition_channels > 0 needs unet_scale_shift_norm: true; added before the blocks' "
+                             "GroupNorm the condition is removed by it wherever a group holds one channel")
         if not 0 <= self.patch_size < self.image_size:
             raise ValueError(f"patch_size must be 0 (noise the whole image) or in [1, image_size={self.image_size}), "
                              f"got {self.patch_size}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .data.preprocess import to_native
-from .diffusion import GaussianDiffusion, NoiseFn, SamplerName, gaussian_noise, patch_masks
+from .diffusion import GaussianDiffusion, NoiseFn, SamplerName, conditioned_on, gaussian_noise, patch_masks
 from .fileio import atomic_path
 
 ErrorName = Literal["abs", "squared"]
@@ -35,8 +35,8 @@ class VolumeScore:
 
 
 def fast_denoiser(model: torch.nn.Module, channels_last: bool = False,
-                  amp_dtype: torch.dtype | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """eps_theta(x, t) in eval mode for scoring, with the fast path's switches: channels-last memory layout (model and
+                  amp_dtype: torch.dtype | None = None) -> Callable[..., torch.Tensor]:
+    """eps_theta(x, t) (or eps_theta(x, t, cond) for a conditioned model) in eval mode for scoring, with the fast path's switches: channels-last memory layout (model and
     input; measured 1.1-1.2x on a 2-core AVX2 CPU, see notebooks/06_benchmark.ipynb) and optional autocast to
     ``amp_dtype``. Returns fp32, so the diffusion maths stays in fp32."""
     model.eval()
@@ -44,24 +44,26 @@ def fast_denoiser(model: torch.nn.Module, channels_last: bool = False,
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def eps(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+            cond = None if cond is None else cond.contiguous(memory_format=torch.channels_last)
+        args = (x, t) if cond is None else (x, t, cond)
         if amp_dtype is None:
-            return model(x, t).float()
+            return model(*args).float()
         with torch.autocast(device_type, dtype=amp_dtype):
-            return model(x, t).float()
+            return model(*args).float()
 
     return eps
 
 
 @torch.no_grad()
-def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], diffusion: GaussianDiffusion,
+def score_volume(model: Callable[..., torch.Tensor], diffusion: GaussianDiffusion,
                  volume: np.ndarray, slices: np.ndarray, t_star: int | Sequence[int], steps: int | None = None,
                  sampler: SamplerName = "ddpm", noise_fn: NoiseFn = gaussian_noise, draws: int = 1,
                  batch_size: int = 16, generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu", patch: tuple[int, int] | None = None,
-                 residual: Residual = "abs") -> VolumeScore:
+                 residual: Residual = "abs", condition: bool = False) -> VolumeScore:
     """Reconstruct ``volume[:, :, k]`` for k in ``slices`` and return the maps, averaged over ``draws`` noise draws
     and, when ``t_star`` is a sequence, over those depths (the t* ensemble of pDDPM/cDDPM: mean of the maps).
 
@@ -72,6 +74,8 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
     ``residual``: the map is |x - x_hat| ("abs", either polarity) or max(x - x_hat, 0) ("positive": only what is
     brighter than its reconstruction, the usual choice for hyperintense lesions, Baur et al. 2021); ``abs_error``
     holds that map, ``squared_error`` is always (x - x_hat)^2 (AnoDDPM's protocol).
+    ``condition``: the model is conditioned on the clean image (cDDPM): every call reads the slice being scored,
+    eps_theta(x_t, t, x) (``conditioned_on``).
     """
     if residual not in ("abs", "positive"):
         raise ValueError(f"residual must be 'abs' or 'positive', got {residual!r}")
@@ -92,11 +96,12 @@ def score_volume(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], di
         acc_abs = torch.zeros_like(x0)
         acc_sq = torch.zeros_like(x0)
         masks = patch_masks(x0.shape[-1], patch[0], patch[1], x0) if patch else [None]
+        net = conditioned_on(model, x0) if condition else model
         for depth in depths:
             for _ in range(draws):
                 x_hat = torch.zeros_like(x0)
                 for m in masks:
-                    r = diffusion.reconstruct(model, x0, depth, steps, sampler, noise_fn, generator, m)
+                    r = diffusion.reconstruct(net, x0, depth, steps, sampler, noise_fn, generator, m)
                     x_hat += r if m is None else r * m
                 if patch:
                     x_hat /= sum(masks)

@@ -97,6 +97,14 @@ def oracle_eps(diffusion: "GaussianDiffusion", x0: torch.Tensor) -> EpsModel:
     return eps
 
 
+def conditioned_on(model: Callable[..., torch.Tensor], cond: torch.Tensor) -> EpsModel:
+    """eps(x_t, t) = model(x_t, t, cond): a conditioned model (cDDPM) bound to the clean images ``cond`` it reads, so
+    that the samplers call it as any other model."""
+    def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x_t, t, cond)
+    return eps
+
+
 class EpsFromX0(torch.nn.Module):
     """A network that predicts x0 (MONAI's prediction_type "sample"), read as the epsilon-prediction the rest of the
     maths takes (``eps_from_x0``), so that ``predict_x0`` returns x0_hat again. Computed in fp32 whatever the
@@ -108,8 +116,14 @@ class EpsFromX0(torch.nn.Module):
         self.net = net
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return eps_from_x0(self.alphas_cumprod, x.float(), t, self.net(x, t).float())
+    @property
+    def conditioned(self) -> bool:
+        """Whether the wrapped network needs the clean image (``nets.UNet.conditioned``)."""
+        return bool(getattr(self.net, "conditioned", False))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x0_hat = self.net(x, t) if cond is None else self.net(x, t, cond)
+        return eps_from_x0(self.alphas_cumprod, x.float(), t, x0_hat.float())
 
 
 def resolve_steps(steps: int | None, t_star: int) -> int:

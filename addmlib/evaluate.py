@@ -123,14 +123,15 @@ def diffusion_scorer(checkpoint: str | Path, t_star: int | Sequence[int], steps:
 
     def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         s = score_volume(eps, diffusion, vol.image, slices, depths, steps, sampler, noise_fn, draws, batch_size,
-                         gen, device, patch, residual)  # type: ignore[arg-type]
+                         gen, device, patch, residual, cfg.unet_condition_channels > 0)  # type: ignore[arg-type]
         return s.reconstruction, s.abs_error, s.squared_error
 
     info = {"kind": "diffusion", "checkpoint": str(checkpoint), "T": cfg.num_steps,
             "t_star": depths[0] if len(depths) == 1 else depths, "steps": resolve_steps(steps, max(depths)),
             "sampler": sampler, "noise": noise_name, "draws": draws,
             "lambda_adv": cfg.lambda_adv, "train_seed": cfg.seed, "eval_seed": seed, "channels_last": channels_last,
-            "amp": amp_choice, "patch": list(patch) if patch else None, "residual": residual}
+            "amp": amp_choice, "patch": list(patch) if patch else None, "residual": residual,
+            **({"conditioned_on_input": True} if cfg.unet_condition_channels else {})}
     return score, info
 
 

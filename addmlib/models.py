@@ -51,7 +51,8 @@ def unet_config(cfg: ModelConfig) -> UNetConfig:
     """The U-Net's sizes of a model definition."""
     return UNetConfig(base_channels=cfg.unet_base_channels, channel_mult=tuple(cfg.unet_channel_mult),
                       num_res_blocks=cfg.unet_num_res_blocks,
-                      attention_resolutions=tuple(cfg.unet_attention_resolutions), dropout=cfg.unet_dropout)
+                      attention_resolutions=tuple(cfg.unet_attention_resolutions), dropout=cfg.unet_dropout,
+                      scale_shift_norm=cfg.unet_scale_shift_norm, condition_channels=cfg.unet_condition_channels)
 
 
 def build_unet(cfg: ModelConfig) -> torch.nn.Module:

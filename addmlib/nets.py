@@ -7,6 +7,12 @@ embedding followed by an MLP, self-attention (``scaled_dot_product_attention``) 
 Discriminator: judges a candidate x_{t-1} at time t. ``conditional=False`` is the paper's reading (D(x_{t-1}, t));
 ``conditional=True`` is the DDGAN-style variant (Xiao et al. 2022) that also sees x_t, i.e. D(x_{t-1}, x_t, t).
 Time enters through a projection of the same sinusoidal embedding, added to the features of every block.
+
+Input conditioning (cDDPM, Behrendt et al. 2025, "Guided reconstruction with conditioned diffusion models"): with
+``condition_channels`` > 0 the U-Net holds an encoder E that reads the clean image c (the training slice, or at
+detection the scan itself) down to one global vector, projected and added to the time embedding:
+emb = MLP(sinusoid(t)) + W E(c). The global average pool is the bottleneck: the vector carries the image's intensity
+and contrast, too little of where a small lesion lies to copy it. E is trained jointly with the U-Net.
 """
 
 from __future__ import annotations
@@ -33,13 +39,19 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """h = conv(SiLU(GN(x))); h += Linear(SiLU(emb)); h = conv(dropout(SiLU(GN(h)))); return skip(x) + h."""
+    """h = conv(SiLU(GN(x))); h += Linear(SiLU(emb)); h = conv(dropout(SiLU(GN(h)))); return skip(x) + h.
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, groups: int) -> None:
+    ``scale_shift`` (improved-diffusion's use_scale_shift_norm, Nichol & Dhariwal 2021): [s, b] = Linear(SiLU(emb)),
+    h = conv(dropout(SiLU(GN(h) (1 + s) + b))). Added before GN, a per-channel shift is removed by it wherever a
+    group holds one channel (GroupNorm(32) of a 32-channel layer); after GN it always acts."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, groups: int,
+                 scale_shift: bool = False) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = _norm(c_in, groups)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, c_out)
+        self.emb = nn.Linear(emb_dim, 2 * c_out if scale_shift else c_out)
         self.norm2 = _norm(c_out, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
@@ -49,8 +61,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(F.silu(emb))[:, :, None, None].to(h.dtype)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = self.emb(F.silu(emb))[:, :, None, None].to(h.dtype)
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -86,10 +103,36 @@ class UNetConfig:
     heads: int = 4
     dropout: float = 0.0
     groups: int = 32
+    scale_shift_norm: bool = False
+    condition_channels: int = 0
+
+
+class ConditionEncoder(nn.Module):
+    """E(c): the clean image to one vector of ``out_dim``: stem conv3x3 to ``channels``, then (SiLU, conv3x3
+    stride 2) while the side exceeds 8, doubling the width up to 4x, then SiLU, the global average pool and a linear
+    layer (zero at initialisation: it starts as the unconditioned U-Net). No normalisation: a per-image norm would
+    remove the global intensity and contrast that the condition is there to carry."""
+
+    def __init__(self, in_channels: int, channels: int, out_dim: int, image_size: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
+        ch, side = channels, image_size
+        while side > 8:
+            out = min(2 * ch, 4 * channels)
+            layers += [nn.SiLU(), nn.Conv2d(ch, out, 3, stride=2, padding=1)]
+            ch, side = out, side // 2
+        layers += [nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, out_dim)]
+        self.net = nn.Sequential(*layers)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.net(c)
 
 
 class UNet(nn.Module):
-    """epsilon_theta(x_t, t) for images of side ``image_size`` divisible by 2^(len(channel_mult) - 1)."""
+    """epsilon_theta(x_t, t) for images of side ``image_size`` divisible by 2^(len(channel_mult) - 1); with
+    ``condition_channels`` > 0, epsilon_theta(x_t, t, c), conditioned on the clean image c (module docstring)."""
 
     def __init__(self, config: UNetConfig, image_size: int) -> None:
         super().__init__()
@@ -101,13 +144,16 @@ class UNet(nn.Module):
         ch = cfg.base_channels
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.cond_encoder = (ConditionEncoder(cfg.in_channels, cfg.condition_channels, emb_dim, image_size)
+                             if cfg.condition_channels else None)
         self.stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
         skips = [ch]
         res = image_size
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                block = nn.ModuleList([ResBlock(ch, cfg.base_channels * mult, emb_dim, cfg.dropout, cfg.groups)])
+                block = nn.ModuleList([ResBlock(ch, cfg.base_channels * mult, emb_dim, cfg.dropout, cfg.groups,
+                                                cfg.scale_shift_norm)])
                 ch = cfg.base_channels * mult
                 if res in cfg.attention_resolutions:
                     block.append(AttentionBlock(ch, cfg.heads, cfg.groups))
@@ -117,14 +163,14 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 skips.append(ch)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups),
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups, cfg.scale_shift_norm),
                                   AttentionBlock(ch, cfg.heads, cfg.groups),
-                                  ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups)])
+                                  ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups, cfg.scale_shift_norm)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 block = nn.ModuleList([ResBlock(ch + skips.pop(), cfg.base_channels * mult, emb_dim, cfg.dropout,
-                                                cfg.groups)])
+                                                cfg.groups, cfg.scale_shift_norm)])
                 ch = cfg.base_channels * mult
                 if res in cfg.attention_resolutions:
                     block.append(AttentionBlock(ch, cfg.heads, cfg.groups))
@@ -143,8 +189,20 @@ class UNet(nn.Module):
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def conditioned(self) -> bool:
+        """Whether the network needs the clean image c (``condition_channels`` > 0)."""
+        return self.cond_encoder is not None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        if self.cond_encoder is not None:
+            if cond is None:
+                raise ValueError(f"this U-Net is conditioned on the clean image (condition_channels = "
+                                 f"{self.config.condition_channels}): pass cond")
+            emb = emb + self.cond_encoder(cond.to(x.dtype)).to(emb.dtype)
+        elif cond is not None:
+            raise ValueError("this U-Net is not conditioned (condition_channels = 0): cond must be None")
         h = self.stem(x)
         hs = [h]
         for block in self.down:

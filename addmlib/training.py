@@ -67,8 +67,9 @@ ARCHITECTURE_KEYS = ("image_size", "num_steps", "schedule", "variance", "noise",
                      "discriminator", "unet_base_channels", "unet_channel_mult", "unet_num_res_blocks",
                      "unet_attention_resolutions", "unet_dropout", "disc_base_channels", "disc_channel_mult",
                      "batch_size", "lr", "lr_decay", "lr_decay_every_epochs", "d_lr", "d_beta1", "d_steps", "adv_t_max",
-                     "adv_target", "train_t_max", "train_t_min", "min_snr_gamma", "patch_size", "grad_clip", "ema_decay", "augment",
-                     "augment_strength", "augment_elastic", "augment_noise", "seed")
+                     "adv_target", "train_t_max", "train_t_min", "min_snr_gamma", "patch_size", "unet_scale_shift_norm",
+                     "unet_condition_channels", "grad_clip", "ema_decay", "augment", "augment_strength",
+                     "augment_elastic", "augment_noise", "seed")
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -247,7 +248,8 @@ class Trainer:
                                          noise_fn=self._noise, generator=self.gen,
                                          adv_t_max=cfg.adv_t_max or None, t_max=cfg.train_t_max or None,
                                          t_min=cfg.train_t_min, patch_mask=mask, adv_target=cfg.adv_target,
-                                         prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma)
+                                         prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma,
+                                         cond=x0 if cfg.unet_condition_channels else None)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         self.scaler.unscale_(self.opt_g)

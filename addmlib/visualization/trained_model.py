@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..diffusion import GaussianDiffusion, gaussian_noise, strided_timesteps
+from ..diffusion import GaussianDiffusion, conditioned_on, gaussian_noise, strided_timesteps
 from ..nets import count_parameters
 from .slices import slice_rows
 
@@ -29,14 +29,21 @@ def session_summary(result: Mapping[str, Any], log: Sequence[Mapping[str, Any]],
 
 def samples_figure(unet: torch.nn.Module, diffusion: GaussianDiffusion, size: int, steps: int,
                    generator: torch.Generator, device: torch.device, n: int = 8,
-                   noise_fn: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = gaussian_noise
-                   ) -> plt.Figure:
-    """``n`` unconditional samples of ``unet`` from pure noise with DDIM in ``min(steps, T)`` steps, in one row;
-    ``noise_fn`` is the noise the model was trained with (x_T is drawn from it)."""
+                   noise_fn: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = gaussian_noise,
+                   images: np.ndarray | None = None) -> plt.Figure:
+    """``n`` samples of ``unet`` from pure noise with DDIM in ``min(steps, T)`` steps, in one row; ``noise_fn`` is the
+    noise the model was trained with (x_T is drawn from it). A conditioned U-Net (cDDPM) samples given ``n`` slices
+    evenly through ``images`` (N x H x W), shown in a row above."""
     steps = min(steps, diffusion.num_steps)
-    x = diffusion.sample(unet, (n, 1, size, size), steps=steps, sampler="ddim", noise_fn=noise_fn,
+    model, rows = unet, {}
+    if getattr(unet, "conditioned", False):
+        if images is None:
+            raise ValueError("a conditioned U-Net samples given images: pass images")
+        cond = torch.from_numpy(images[np.linspace(0, len(images) - 1, n).round().astype(int)])[:, None].to(device)
+        model, rows = conditioned_on(unet, cond), {"condition (the clean slices E reads)": cond.cpu().numpy()}
+    x = diffusion.sample(model, (n, 1, size, size), steps=steps, sampler="ddim", noise_fn=noise_fn,
                          generator=generator, device=device)
-    return slice_rows({f"samples from noise (DDIM, {steps} steps)": x.cpu().numpy()})
+    return slice_rows({**rows, f"samples from noise (DDIM, {steps} steps)": x.cpu().numpy()})
 
 
 def reconstruction_figure(unet: torch.nn.Module, diffusion: GaussianDiffusion,
@@ -44,12 +51,14 @@ def reconstruction_figure(unet: torch.nn.Module, diffusion: GaussianDiffusion,
                           images: np.ndarray, t_star: int, steps: int, generator: torch.Generator,
                           device: torch.device, n: int = 6) -> tuple[plt.Figure, float]:
     """``n`` slices evenly through ``images`` (N x H x W) noised to ``t_star`` and denoised back with ``min(steps,
-    t*)`` strided DDPM steps: rows input, x_t*, reconstruction, |input - reconstruction|; and the mean of the last."""
+    t*)`` strided DDPM steps (a conditioned U-Net reads each input): rows input, x_t*, reconstruction,
+    |input - reconstruction|; and the mean of the last."""
     pick = np.linspace(0, len(images) - 1, n).round().astype(int)
     x0 = torch.from_numpy(images[pick])[:, None].to(device)
     steps = min(steps, t_star)
     xt = diffusion.q_sample(x0, t_star, noise_fn(x0, generator))
-    rec = diffusion.denoise(unet, xt, strided_timesteps(t_star, steps), "ddpm", noise_fn, generator, noise_like=x0)
+    model = conditioned_on(unet, x0) if getattr(unet, "conditioned", False) else unet
+    rec = diffusion.denoise(model, xt, strided_timesteps(t_star, steps), "ddpm", noise_fn, generator, noise_like=x0)
     error = (x0 - rec).abs()
     rows = {"input": x0, f"x_t* (t*={t_star})": xt, f"reconstruction ({steps} steps)": rec, "|input − rec|": error}
     fig = slice_rows({k: v.detach().cpu().numpy() for k, v in rows.items()}, maps=["|input − rec|"])
