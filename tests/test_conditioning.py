@@ -122,3 +122,22 @@ def test_build_unet_wires_both_settings_through_an_x0_model() -> None:
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         assert net(x, torch.tensor([5, 9]), x).shape == x.shape
+
+
+def test_notebook_02s_figures_condition_a_conditioned_model_on_the_slices_they_show(tmp_path) -> None:
+    import matplotlib.pyplot as plt
+
+    from addmlib.visualization.trained_model import reconstruction_figure, samples_figure
+
+    cfg = _cfg(tmp_path, unet_scale_shift_norm=True, unet_condition_channels=8)
+    unet, diffusion = build_unet(cfg).eval(), build_diffusion(cfg)
+    images, gen = _two_brightness_disks(n=6)[:, 0].numpy(), torch.Generator().manual_seed(0)
+    fig = samples_figure(unet, diffusion, 16, 5, gen, torch.device("cpu"), n=3, images=images)
+    assert len(fig.axes) == 6  # the condition row above the samples
+    plt.close(fig)
+    with pytest.raises(ValueError, match="pass images"):
+        samples_figure(unet, diffusion, 16, 5, gen, torch.device("cpu"), n=3)
+    fig, err = reconstruction_figure(unet, diffusion, lambda like, g: torch.randn(like.shape, generator=g), images, 10,
+                                     2, gen, torch.device("cpu"), n=3)
+    assert np.isfinite(err)
+    plt.close(fig)
