@@ -36,9 +36,10 @@ class VolumeScore:
 
 def fast_denoiser(model: torch.nn.Module, channels_last: bool = False,
                   amp_dtype: torch.dtype | None = None) -> Callable[..., torch.Tensor]:
-    """eps_theta(x, t) (or eps_theta(x, t, cond) for a conditioned model) in eval mode for scoring, with the fast path's switches: channels-last memory layout (model and
-    input; measured 1.1-1.2x on a 2-core AVX2 CPU, see notebooks/06_benchmark.ipynb) and optional autocast to
-    ``amp_dtype``. Returns fp32, so the diffusion maths stays in fp32."""
+    """eps_theta(x, t) (eps_theta(x, t, cond) for a conditioned model) in eval mode for scoring, with the fast path's
+    switches: channels-last memory layout (model and input; measured 1.1-1.2x on a 2-core AVX2 CPU, see
+    notebooks/06_benchmark.ipynb) and optional autocast to ``amp_dtype``. Returns fp32, so the diffusion maths stays in
+    fp32."""
     model.eval()
     device_type = next(model.parameters()).device.type
     if channels_last:
