@@ -66,8 +66,7 @@ def adversarial_profile(checkpoint: str | Path, images: np.ndarray | torch.Tenso
         mask = random_patch_masks(len(x0), cfg.image_size, cfg.patch_size, gen, x0) if cfg.patch_size else None
         terms = addm_generator_terms(unet, diffusion, x0, cfg.lambda_adv, disc, t=tt, noise_fn=noise_fn,
                                      generator=gen, patch_mask=mask, adv_target=cfg.adv_target,
-                                     prediction=cfg.prediction,
-                                     cond=x0 if cfg.unet_condition_channels else None)
+                                     prediction=cfg.prediction)
         g_ddpm = torch.autograd.grad(terms.ddpm, params, retain_graph=True, allow_unused=True)
         g_adv = torch.autograd.grad(cfg.lambda_adv * terms.adv, params, allow_unused=True)
         n_ddpm, n_adv = _norm(g_ddpm), _norm(g_adv)

@@ -101,8 +101,7 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
                          noise_fn: NoiseFn = gaussian_noise, generator: torch.Generator | None = None,
                          adv_t_max: int | None = None, t_max: int | None = None, t_min: int = 1,
                          patch_mask: torch.Tensor | None = None, adv_target: AdvTarget = "x_prev",
-                         prediction: Prediction = "epsilon", min_snr_gamma: float = 0.0,
-                         cond: torch.Tensor | None = None) -> ADDMTerms:
+                         prediction: Prediction = "epsilon", min_snr_gamma: float = 0.0) -> ADDMTerms:
     """L_ADDM = L_DDPM + lambda * L_Adv for one batch x0 (B, C, H, W) in [-1, 1].
 
     With lam == 0 this computes L_DDPM alone and never touches ``discriminator``; with lam > 0 a discriminator is
@@ -116,7 +115,8 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     ``prediction``: the model's (``ModelConfig.prediction``): "epsilon", L_DDPM = ||eps - eps_theta||^2; "x0" (a model
     wrapped by ``EpsFromX0``), L_DDPM = ||x0 - x0_hat||^2.
     ``min_snr_gamma`` > 0 weights each sample's L_DDPM by ``min_snr_weight`` (0: unweighted, the paper's).
-    ``cond``: the clean image a conditioned model reads (cDDPM: x0 itself), passed as eps_theta(x_t, t, cond).
+    A conditioned model (``conditioned``, cDDPM; read through a DDP wrapper's ``module``) also reads the clean image:
+    eps_theta(x_t, t, x0).
     """
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam}")
@@ -129,7 +129,7 @@ def addm_generator_terms(model: torch.nn.Module, diffusion: GaussianDiffusion, x
     x_t = diffusion.q_sample(x0, t, eps)
     if patch_mask is not None:
         x_t = patch_noise(x0, x_t, patch_mask)
-    eps_pred = model(x_t, t) if cond is None else model(x_t, t, cond)
+    eps_pred = model(x_t, t, x0) if getattr(getattr(model, "module", model), "conditioned", False) else model(x_t, t)
     pred, target = ((diffusion.predict_x0(x_t.float(), t, eps_pred.float()), x0) if prediction == "x0"
                     else (eps_pred, eps))
     weight = min_snr_weight(diffusion.alphas_cumprod, t, min_snr_gamma, prediction) if min_snr_gamma else None

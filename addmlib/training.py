@@ -248,8 +248,7 @@ class Trainer:
                                          noise_fn=self._noise, generator=self.gen,
                                          adv_t_max=cfg.adv_t_max or None, t_max=cfg.train_t_max or None,
                                          t_min=cfg.train_t_min, patch_mask=mask, adv_target=cfg.adv_target,
-                                         prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma,
-                                         cond=x0 if cfg.unet_condition_channels else None)
+                                         prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         self.scaler.unscale_(self.opt_g)

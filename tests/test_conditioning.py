@@ -9,7 +9,8 @@ import torch
 
 from addmlib.config import ConfigError, TrainConfig, validate
 from addmlib.detect import fast_denoiser, score_volume
-from addmlib.diffusion import conditioned_on
+from addmlib.diffusion import GaussianDiffusion, conditioned_on
+from addmlib.losses import addm_generator_terms
 from addmlib.models import build_diffusion, build_unet, load_ema_unet
 from addmlib.nets import UNet, UNetConfig
 from addmlib.training import CheckpointError, train
@@ -57,6 +58,40 @@ def test_a_conditioned_unet_starts_as_the_unconditioned_one_and_refuses_a_missin
         net(x, t)
     with pytest.raises(ValueError, match="not conditioned"):
         UNet(SMALL, 16)(x, t, x)
+
+
+def test_the_loss_feeds_a_conditioned_model_its_clean_batch_through_any_wrapper() -> None:
+    """addm_generator_terms asks the model (or a DDP wrapper's ``module``) whether it reads x0: a conditioned U-Net is
+    trained on eps_theta(x_t, t, x0), with its encoder in the graph; an unconditioned one is called as eps_theta(x_t, t)."""
+    torch.manual_seed(0)
+    diffusion = GaussianDiffusion(50)
+    x0 = torch.rand(4, 1, 16, 16) * 2 - 1
+    t = torch.tensor([1, 10, 25, 40])
+    cond_net = UNet(UNetConfig(**{**SMALL.__dict__, "scale_shift_norm": True, "condition_channels": 8}), 16)
+    for layer in cond_net.modules():  # open the zero-initialised exits (the encoder's too): x0 now reaches eps
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)) and not layer.weight.abs().sum():
+            torch.nn.init.normal_(layer.weight, std=0.1)
+
+    class Wrapper(torch.nn.Module):  # what DDP looks like to the loss: the network under ``module``
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return self.module(*args)
+
+    def loss(model: torch.nn.Module) -> torch.Tensor:
+        return addm_generator_terms(model, diffusion, x0, 0.0, t=t, generator=torch.Generator().manual_seed(1)).ddpm
+
+    plain, wrapped = loss(cond_net), loss(Wrapper(cond_net))
+    assert torch.equal(plain, wrapped)
+    with torch.no_grad():  # the same draw by hand: eps ~ N(0, I) from the generator, eps_theta(x_t, t, x0)
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+        by_hand = ((cond_net(diffusion.q_sample(x0, t, eps), t, x0) - eps) ** 2).mean()
+    assert torch.allclose(plain.detach(), by_hand, atol=1e-6)
+    plain.backward()
+    assert cond_net.cond_encoder.net[-1].weight.grad is not None and cond_net.cond_encoder.net[-1].weight.grad.abs().sum() > 0
+    assert torch.isfinite(loss(UNet(SMALL, 16)))  # unconditioned: called without x0 (it would refuse one)
 
 
 def test_conditioning_is_validated_by_name_and_needs_the_scale_shift_norm() -> None:
