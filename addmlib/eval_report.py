@@ -12,7 +12,7 @@ import numpy as np
 
 from .data.lesion_kinds import KINDS
 from .data.report import SPLIT_TITLES
-from .evaluate import BASELINE_LABELS, ScoredVolume
+from .evaluate import BASELINE_LABELS, ScoredVolume, size_classes
 from .verdict import verdict
 from .visualization.slices import show_slice
 
@@ -108,6 +108,26 @@ def kind_table(results: Results, split: str) -> str:
         rows.append(f"| **best floor** | {_fmt(best[0][2])} | " + " | ".join(cells) + " |")
     return (f"**{SPLIT_TITLES.get(split, split)}, by lesion kind** — AUPRC pooled over the voxels of each kind's "
             f"slices or volumes; the best floor per column last.\n\n" + "\n".join(rows))
+
+
+def size_table(results: Results, split: str, metric: str = "auroc") -> str:
+    """Markdown: per map, ``metric`` pooled over each lesion kind's volumes of each size class (``by_kind_size``:
+    the inserted lesion's drawn diameter, ``evaluate.size_class``), smallest first: which lesions hold a map's pooled
+    number down. Empty for a split without inserted lesions (real tumours)."""
+    scored = {label: res[split] for label, res in results.items() if split in res}
+    if not scored:
+        raise ValueError(f"no result holds the split {split!r}")
+    kinds = sorted({k for res in scored.values() for k in res.get("by_kind_size", {})})
+    if not kinds:
+        return ""
+    classes = size_classes()
+    rows = ["| map | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for label, res in scored.items():
+        by = res.get("by_kind_size", {})
+        cells = [" / ".join(_fmt(by[k][c][metric]) if c in by.get(k, {}) else "–" for c in classes) for k in kinds]
+        rows.append(f"| {_label_cell(label)} | " + " | ".join(cells) + " |")
+    return (f"**{SPLIT_TITLES.get(split, split)}, by lesion kind and size** — {metric.upper()} pooled over each kind's "
+            f"lesions drawn {' / '.join(classes)} across.\n\n" + "\n".join(rows))
 
 
 def lesion_kind_table(results: Results, split: str) -> str:

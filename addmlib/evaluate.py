@@ -18,6 +18,7 @@ For each model:
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -328,15 +329,47 @@ def calibrate(hists: dict[str, BinnedScores], fpr: float, exclude: str | None = 
     return calibrate_threshold(pooled, fpr)
 
 
+SIZE_EDGES_MM = (10.0, 17.0)
+"""Where an inserted lesion's drawn diameter changes size class (``size_class``): about a third of the 4-25 mm
+lesions in each."""
+
+
+def size_classes(edges: Sequence[float] = SIZE_EDGES_MM) -> list[str]:
+    """The size classes' names, smallest first: "<10 mm", "10-17 mm", ">=17 mm" for ``edges`` (10, 17)."""
+    return [f"<{edges[0]:g} mm", *(f"{a:g}-{b:g} mm" for a, b in zip(edges, edges[1:])), f">={edges[-1]:g} mm"]
+
+
+def size_class(diameter_mm: float, edges: Sequence[float] = SIZE_EDGES_MM) -> str:
+    """The size class (``size_classes``) of a lesion drawn ``diameter_mm`` across; an edge opens the next class."""
+    if not np.isfinite(diameter_mm) or diameter_mm <= 0:
+        raise ValueError(f"a lesion's diameter must be a positive number of mm, got {diameter_mm!r}")
+    return size_classes(edges)[bisect.bisect_right(list(edges), diameter_mm)]
+
+
+def _lesion_diameter(volume: PreparedVolume | None) -> float | None:
+    """The drawn diameter of the one lesion inserted into ``volume`` (``meta["lesion"]["diameter_mm"]``); None for
+    a real tumour or a volume without one."""
+    lesion = volume.meta.get("lesion") if volume is not None else None
+    return float(lesion["diameter_mm"]) if isinstance(lesion, Mapping) and "diameter_mm" in lesion else None
+
+
+def _summary(b: BinnedScores) -> dict[str, Any]:
+    return {"auroc": b.auroc(), "auprc": b.auprc(), "best_dice": b.best_dice()[0], "lesion_voxels": int(b.pos.sum())}
+
+
 def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostProcessing,
             anoddpm: bool = True) -> dict[str, Any]:
     """Pooled and per-volume/per-slice metrics of one evaluation set, each volume at ``thresholds[id]``; ``by_host``:
     AUROC, AUPRC and best Dice pooled over the volumes of each host brain (lesions inserted into a host; a set whose
     volumes name no host has none), so that a split of several hosts shows whether they agree; ``by_kind`` the same
-    per lesion kind (``meta["lesion_kind"]``: hypo, ring, hyper, iso; none for real tumours)."""
+    per lesion kind (``meta["lesion_kind"]``: hypo, ring, hyper, iso; none for real tumours); ``by_kind_size`` the
+    same per kind and per size class of the inserted lesion's drawn diameter (``size_class``), and ``by_size`` per
+    size class over all kinds."""
     pooled = BinnedScores(*SCORE_RANGE)
     hosts: dict[str, BinnedScores] = {}
     kinds: dict[str, BinnedScores] = {}
+    kind_sizes: dict[str, dict[str, BinnedScores]] = {}
+    sizes: dict[str, BinnedScores] = {}
     tp = fp = fn = 0
     per_volume, per_slice_dice, slice_auc, a_counts = [], [], [], [0, 0, 0]
     for v in scored:
@@ -351,6 +384,11 @@ def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostPr
             hosts.setdefault(host, BinnedScores(*SCORE_RANGE)).update(v.amap, v.lesion, region)
         if v.volume is not None and (kind := v.volume.meta.get("lesion_kind")) is not None:
             kinds.setdefault(kind, BinnedScores(*SCORE_RANGE)).update(v.amap, v.lesion, region)
+            if (diameter := _lesion_diameter(v.volume)) is not None:
+                size = size_class(diameter)
+                kind_sizes.setdefault(kind, {}).setdefault(size, BinnedScores(*SCORE_RANGE)).update(
+                    v.amap, v.lesion, region)
+                sizes.setdefault(size, BinnedScores(*SCORE_RANGE)).update(v.amap, v.lesion, region)
         per_volume.append({"id": v.id, **overlap_metrics(*c[:3]), "auroc": hist.auroc(), "auprc": hist.auprc(),
                            "best_dice": hist.best_dice()[0], "lesion_voxels": int(v.lesion.sum()),
                            "threshold": thresholds[v.id], "warnings": hist.warnings()})
@@ -374,10 +412,11 @@ def measure(scored: list[ScoredVolume], thresholds: dict[str, float], pp: PostPr
                    "best_dice": best, "best_dice_threshold": best_thr,
                    "lesion_voxels": int(pooled.pos.sum()), "healthy_voxels": int(pooled.neg.sum())},
         "per_volume": per_volume,
-        "by_host": {h: {"auroc": b.auroc(), "auprc": b.auprc(), "best_dice": b.best_dice()[0],
-                        "lesion_voxels": int(b.pos.sum())} for h, b in sorted(hosts.items())},
-        "by_kind": {k: {"auroc": b.auroc(), "auprc": b.auprc(), "best_dice": b.best_dice()[0],
-                        "lesion_voxels": int(b.pos.sum())} for k, b in sorted(kinds.items())},
+        "by_host": {h: _summary(b) for h, b in sorted(hosts.items())},
+        "by_kind": {k: _summary(b) for k, b in sorted(kinds.items())},
+        "by_kind_size": {k: {c: _summary(by[c]) for c in size_classes() if c in by}
+                         for k, by in sorted(kind_sizes.items())},
+        "by_size": {c: _summary(sizes[c]) for c in size_classes() if c in sizes},
         "per_volume_summary": {k: mean_std([p[k] for p in per_volume])
                                for k in ("dice", "iou", "precision", "recall", "auroc", "auprc", "best_dice")},
         "per_slice_dice": mean_std(per_slice_dice) + (len(per_slice_dice),),

@@ -1,10 +1,10 @@
-"""The lesion-kind breakdown of an evaluation (eval_report.lesion_kind, lesion_kind_table)."""
+"""The lesion-kind breakdown of an evaluation (eval_report.lesion_kind, lesion_kind_table, size_table)."""
 
 from __future__ import annotations
 
 import pytest
 
-from addmlib.eval_report import lesion_kind, lesion_kind_table
+from addmlib.eval_report import lesion_kind, lesion_kind_table, size_table
 
 
 @pytest.mark.parametrize("volume_id, kind", [
@@ -51,3 +51,22 @@ def test_the_reading_names_the_fusion_rule(fusion: str) -> None:
     text = reading(results, infos, ["eval_b"])
     assert "addm, + intensity w=4 beats the best floor, intensity floor (x itself) (AUPRC 0.300 vs 0.200" in text
     assert ("By the max rule" in text) == (fusion == "max")
+
+
+def test_size_table_shows_each_kind_by_size_and_leaves_real_tumours_out() -> None:
+    def res(hyper_large: float) -> dict:
+        return {"ixi_test": {"by_kind_size": {
+            "hyper": {"<10 mm": {"auroc": 0.9, "auprc": 0.2}, ">=17 mm": {"auroc": hyper_large, "auprc": 0.1}},
+            "hypo": {"<10 mm": {"auroc": 0.95, "auprc": 0.3}, "10-17 mm": {"auroc": 0.97, "auprc": 0.4},
+                     ">=17 mm": {"auroc": 0.94, "auprc": 0.5}}}},
+            "eval_a": {"pooled": {"auroc": 0.5, "auprc": 0.1}}}
+    results = {"addm (t*=25)": res(0.64), "intensity floor": res(0.81)}
+    lines = size_table(results, "ixi_test").splitlines()
+    assert "<10 mm / 10-17 mm / >=17 mm" in lines[0]
+    assert lines[2] == "| map | hyper | hypo |"
+    assert lines[4] == "| addm (t*=25) | 0.900 / – / 0.640 | 0.950 / 0.970 / 0.940 |"
+    assert lines[5].endswith("| 0.900 / – / 0.810 | 0.950 / 0.970 / 0.940 |")
+    assert "0.100" in size_table(results, "ixi_test", "auprc")
+    assert size_table(results, "eval_a") == ""
+    with pytest.raises(ValueError, match="no result holds the split 'eval_x'"):
+        size_table(results, "eval_x")

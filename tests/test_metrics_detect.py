@@ -205,6 +205,48 @@ def test_measure_pools_each_host_apart():
     assert res["by_host"]["b"]["auprc"] < res["pooled"]["auprc"] < res["by_host"]["a"]["auprc"]
 
 
+def test_size_classes_split_the_drawn_diameters_at_their_edges():
+    from addmlib.evaluate import size_class, size_classes
+    assert size_classes() == ["<10 mm", "10-17 mm", ">=17 mm"]
+    assert [size_class(d) for d in (4, 9.9, 10, 16.9, 17, 50)] == ["<10 mm"] * 2 + ["10-17 mm"] * 2 + [">=17 mm"] * 2
+    assert size_class(30, (20, 40, 60)) == "20-40 mm"
+    for bad in (0, -3, float("nan")):
+        with pytest.raises(ValueError, match="diameter must be a positive number of mm"):
+            size_class(bad)
+
+
+def test_measure_pools_each_kind_and_size_apart():
+    """``by_kind_size``: a map that finds the small bright lesions and misses the large ones shows it there, while
+    ``by_kind`` mixes both; ``by_size`` pools the kinds of one size class; a real tumour (no drawn lesion) is in
+    the pooled metrics only."""
+    from types import SimpleNamespace
+
+    from addmlib.evaluate import PostProcessing, measure
+    rng = np.random.default_rng(2)
+    brain = np.ones((16, 16, 8), bool)
+    lesion = np.zeros_like(brain)
+    lesion[4:8, 4:8, 2:5] = True
+    found = np.where(lesion, 0.9, rng.uniform(0, 0.3, brain.shape)).astype(np.float32)
+    missed = np.where(lesion, 0.0, rng.uniform(0.1, 0.3, brain.shape)).astype(np.float32)
+    drawn = [("hyper", 6.0, found), ("hyper", 20.0, missed), ("hypo", 6.0, found), ("hypo", 12.0, found),
+             (None, None, found)]
+    vols = []
+    for i, (kind, diameter, amap) in enumerate(drawn):
+        v = _scored(amap, lesion, brain, f"v{i}")
+        meta = {} if kind is None else {"lesion_kind": kind, "lesion": {"kind": kind, "diameter_mm": diameter}}
+        object.__setattr__(v, "volume", SimpleNamespace(meta=meta))
+        vols.append(v)
+    res = measure(vols, {v.id: 0.5 for v in vols}, PostProcessing(min_component_voxels=1), anoddpm=False)
+    by = res["by_kind_size"]
+    assert list(by) == ["hyper", "hypo"] and list(by["hyper"]) == ["<10 mm", ">=17 mm"]
+    assert list(by["hypo"]) == ["<10 mm", "10-17 mm"]
+    assert by["hyper"]["<10 mm"]["auroc"] == pytest.approx(1.0) and by["hyper"][">=17 mm"]["auroc"] == pytest.approx(0.0)
+    assert 0.3 < res["by_kind"]["hyper"]["auroc"] < 0.8
+    assert list(res["by_size"]) == ["<10 mm", "10-17 mm", ">=17 mm"]
+    assert res["by_size"]["<10 mm"]["lesion_voxels"] == 2 * int(lesion.sum())  # hyper and hypo, not the tumour
+    assert res["by_size"][">=17 mm"]["auroc"] == pytest.approx(0.0)
+
+
 def test_fast_denoiser_channels_last_matches_the_plain_model():
     from addmlib.detect import fast_denoiser
     from addmlib.nets import UNet, UNetConfig

@@ -96,6 +96,10 @@ def test_pipeline_runs_with_ci_params(ci_run):
     assert addm["calibration"]["ixi_calib"]["threshold"] != addm["calibration"]["val_healthy"]["threshold"]
     assert set(addm["ixi_test"]["by_kind"]) == {"hypo", "ring", "hyper", "iso"}
     assert set(addm["eval_b"]["by_kind"]) == {"hypo", "ring", "hyper", "iso"}
+    by_size = addm["ixi_test"]["by_size"]  # every lesion in one size class, each kind split by size
+    assert sum(m["lesion_voxels"] for m in by_size.values()) == addm["ixi_test"]["pooled"]["lesion_voxels"]
+    assert set(addm["ixi_test"]["by_kind_size"]) == {"hypo", "ring", "hyper", "iso"}
+    assert not addm["eval_a"]["by_size"], "real tumours have no drawn size"
     assert {"intensity floor (x itself)", "dark floor (−x)", "floor |x − brain median|"} <= set(results)
     assert len(list((folder / "eval" / "figures").glob("kind_ixi_test_*.png"))) == 4, "one figure per lesion kind"
     assert (folder / "data" / "figures" / "ixi_brain_masks.png").is_file()
