@@ -473,7 +473,11 @@ class EvalConfig(DepthConfig):
 
     ``median_size``: the map's median filter, over that many voxels along each axis of the stack of scored slices (every
     ``slice_stride``-th slice of a volume: at stride 3 a 5-voxel window spans 15 slices); with ``median_in_plane`` over
-    median_size x median_size voxels of each slice alone. A 2-D slice is filtered in its plane either way."""
+    median_size x median_size voxels of each slice alone. A 2-D slice is filtered in its plane either way.
+
+    ``normative_weight`` > 0: each model gets one more row on the IXI sets, its map fused with the normative atlas of
+    the IXI training slices, m = s_r (r / s_r + w z / s_z) / (1 + w) with z = |x - mu| / max(sigma, 0.1) per pixel
+    (``normative.NormativeAtlas``, ``evaluate.with_normative``); the baseline ``atlas`` is z alone."""
 
     device: str = "auto"
     models: tuple[str, ...] = ("addm", "ddpm")
@@ -508,9 +512,17 @@ class EvalConfig(DepthConfig):
     models_from: str = ""
     deep_t_star_ensemble: tuple[int, ...] = ()
     deep_draws: int = 1
+    normative_weight: float = 0.0
 
     def check(self) -> None:
         super().check()
+        if not 0 <= self.normative_weight < float("inf"):
+            raise ValueError(f"normative_weight must be a finite number >= 0 (0: no normative row), got "
+                             f"{self.normative_weight}")
+        ixi_sets = [s for s in self.eval_sets if s in ("ixi_tune", "ixi_test")]
+        if (self.normative_weight or "atlas" in self.baselines) and not ixi_sets:
+            raise ValueError(f"normative_weight and the baseline 'atlas' read the IXI slices (the population the atlas "
+                             f"is fitted on): eval_sets must hold 'ixi_test' or 'ixi_tune', got {list(self.eval_sets)}")
         if any(t < 1 for t in self.deep_t_star_ensemble):
             raise ValueError(f"deep_t_star_ensemble depths must be >= 1, got {list(self.deep_t_star_ensemble)}")
         if self.deep_draws < 1:
@@ -540,7 +552,7 @@ class EvalConfig(DepthConfig):
                              f"got {list(self.eval_sets)}")
         if not self.models and not self.baselines:
             raise ValueError("nothing to evaluate: models and baselines are both empty")
-        known = ("floor_intensity", "floor_dark", "floor_median", "ae", "dae")
+        known = ("floor_intensity", "floor_dark", "floor_median", "ae", "dae", "atlas")
         bad = [b for b in self.baselines if b not in known]
         if bad:
             raise ValueError(f"baselines {bad} unknown; choose from {list(known)}")

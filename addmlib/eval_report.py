@@ -20,8 +20,8 @@ Results = Mapping[str, Mapping[str, Any]]
 
 
 def _is_baseline(label: str) -> bool:
-    """A floor's or baseline's row, fused with the intensity or not (shown in italics / dashed)."""
-    return any(label == b or label.startswith(f"{b}, ") for b in BASELINE_LABELS.values())
+    """A floor's or baseline's row, fused with the intensity or the normative atlas or not (italics, dashed)."""
+    return any(label == b or label.startswith((f"{b}, ", f"{b} + ")) for b in BASELINE_LABELS.values())
 
 
 def _label_cell(label: str) -> str:
@@ -39,6 +39,8 @@ def metrics_table(results: Results, split: str, fpr: float) -> str:
     rows = ["| model | Dice | AUC | IoU | Precision | Recall | AUPRC | best Dice (test-tuned) | Dice per volume |",
             "|---|---|---|---|---|---|---|---|---|"]
     for label, res in results.items():
+        if split not in res:  # a row scored on other sets only (the normative atlas reads the IXI slices)
+            continue
         p, v = res[split]["pooled"], res[split]["per_volume_summary"]
         rows.append(f"| {_label_cell(label)} | {_fmt(p['dice'])} | {_fmt(p['auroc'])} | {_fmt(p['iou'])} | "
                     f"{_fmt(p['precision'])} | {_fmt(p['recall'])} | {_fmt(p['auprc'])} | {_fmt(p['best_dice'])} | "
@@ -154,7 +156,7 @@ def anoddpm_table(results: Results, splits: Sequence[str]) -> str:
     """Markdown: AnoDDPM's protocol (squared error >= 0.5, per-slice AUC over lesion slices)."""
     rows = ["| model | set | Dice | IoU | Precision | Recall | per-slice AUC |", "|---|---|---|---|---|---|---|"]
     for label, res in results.items():
-        for split in splits:
+        for split in (s for s in splits if s in res):
             a = res[split]["anoddpm"]
             rows.append(f"| {label} | {split} | {_fmt(a['dice'])} | {_fmt(a['iou'])} | {_fmt(a['precision'])} | "
                         f"{_fmt(a['recall'])} | {_fmt(*a['per_slice_auroc'])} |")
@@ -167,6 +169,8 @@ def curves_figure(results: Results, splits: Sequence[str]) -> plt.Figure:
     fig, axes = plt.subplots(len(splits), 2, figsize=(9, 3.6 * len(splits)), squeeze=False)
     for r, split in enumerate(splits):
         for label, res in results.items():
+            if split not in res:
+                continue
             ls = "--" if _is_baseline(label) else "-"
             fpr_, tpr_ = res[split]["curves"]["roc"]
             rec_, prec_ = res[split]["curves"]["pr"]
@@ -215,9 +219,13 @@ def reading(results: Results, infos: Mapping[str, Mapping[str, Any]], splits: Se
     addm = [label for label in diffusion if infos[label]["lambda_adv"] > 0]
     ddpm = [label for label in diffusion if infos[label]["lambda_adv"] == 0]
     weight = {label: infos[label].get("intensity_weight", 0.0) for label in diffusion}
+
+    def same_map(a: str, d: str) -> bool:  # the same map against the same map: fusion weight, normative or not
+        return weight[a] == weight[d] and ("normative" in infos[a]) == ("normative" in infos[d])
+
     for split in splits:
         for a in addm:
-            for d in (d for d in ddpm if weight[d] == weight[a]):  # the same map against the same map
+            for d in (d for d in ddpm if same_map(a, d) and split in results[a] and split in results[d]):
                 pa, pd = results[a][split]["pooled"]["auprc"], results[d][split]["pooled"]["auprc"]
                 (ma, sa), (md, sd) = (results[x][split]["per_volume_summary"]["auprc"] for x in (a, d))
                 word = verdict(pa - pd, max(sa, sd), spread_name="per-volume spread")
@@ -228,7 +236,7 @@ def reading(results: Results, infos: Mapping[str, Mapping[str, Any]], splits: Se
             continue
         floor, f_auprc, f_auroc = best
         for label in results:
-            if label in (BASELINE_LABELS[n] for n in FLOORS):
+            if label in (BASELINE_LABELS[n] for n in FLOORS) or split not in results[label]:
                 continue
             p = results[label][split]["pooled"]
             beats = "beats" if p["auprc"] > f_auprc else "does **not** beat"

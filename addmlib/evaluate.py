@@ -40,6 +40,7 @@ from .fileio import write_json_atomic
 from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
 from .models import build_diffusion, campaign_models_root, load_ema_unet, model_dir, recorded_checkpoint, trained_on
 from .noise import noise_from_config, zero_noise
+from .normative import POPULATION, Z_UNIT, NormativeAtlas
 from .post_processing import (FUSION_QUANTILE, check_fusion_quantile, fuse_intensity, intensity_scale, max_fusion,
                               median_filter, remove_small_components, restrict_to_brain)
 from .runtime import amp_dtype, resolve_amp
@@ -143,21 +144,27 @@ MIX_CALIBRATION = "ixi_calib"
 volume (set B's hosts are the ``val_healthy`` brains)."""
 
 
-def mixed_scorer(parts: Sequence[Scorer], scales: Sequence[float]) -> Scorer:
-    """The calibrated mean of several maps of one input: m = s_1 (1/n) sum_i r_i / s_i, each map r_i read in units of
-    its healthy scale s_i (``mix_scales``), the result in the first map's units; the reconstruction and squared error
-    are the last part's (``with_deep_map``: the deep estimate, the one that heals). A shallow map (edges, texture,
-    bright lesions) and a deep one (healed dark lesions and ring cores) count alike, where their plain mean is ruled
-    by the deep map's larger residual everywhere."""
-    if len(parts) != len(scales) or not parts:
-        raise ValueError(f"a mix needs one scale per map: {len(parts)} maps, {len(scales)} scales")
+def mixed_scorer(parts: Sequence[Scorer], scales: Sequence[float], weights: Sequence[float] | None = None,
+                 reconstruction_of: int = -1) -> Scorer:
+    """The calibrated weighted mean of several maps of one input: m = s_1 sum_i w_i r_i / s_i / sum_i w_i, each map r_i
+    read in units of its healthy scale s_i (``mix_scales``), the result in the first map's units; ``weights`` None:
+    all 1. The reconstruction and squared error are part ``reconstruction_of``'s (by default the last:
+    ``with_deep_map``'s deep estimate, the one that heals). A shallow map (edges, texture, bright lesions) and a deep
+    one (healed dark lesions and ring cores) count alike, where their plain mean is ruled by the deep map's larger
+    residual everywhere."""
+    weights = [1.0] * len(parts) if weights is None else list(weights)
+    if len(parts) != len(scales) or len(parts) != len(weights) or not parts:
+        raise ValueError(f"a mix needs one scale and one weight per map: {len(parts)} maps, {len(scales)} scales, "
+                         f"{len(weights)} weights")
     if not all(s > 0 for s in scales):
         raise ValueError(f"a mix's scales must be > 0, got {list(scales)}")
+    if not all(w >= 0 for w in weights) or not sum(weights) > 0:
+        raise ValueError(f"a mix's weights must be >= 0 and not all 0, got {weights}")
 
     def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         outs = [part(vol, slices) for part in parts]
-        amap = scales[0] * sum(o[1] / s for o, s in zip(outs, scales)) / len(outs)
-        return outs[-1][0], amap.astype(np.float32), outs[-1][2]
+        amap = scales[0] * sum(w * o[1] / s for o, s, w in zip(outs, scales, weights)) / sum(weights)
+        return outs[reconstruction_of][0], amap.astype(np.float32), outs[reconstruction_of][2]
 
     return score
 
@@ -195,6 +202,47 @@ def with_deep_map(scorer: Scorer, info: Mapping[str, Any], checkpoint: str | Pat
     return mixed, {**info, "mix": {"deep_t_star": [int(t) for t in depths], "deep_draws": draws,
                                    "scales": [float(s) for s in scales], "quantile": MIX_QUANTILE,
                                    "set_on": MIX_CALIBRATION}}
+
+
+NORMATIVE_SETS = ("ixi_tune", "ixi_test")
+"""The evaluation sets whose slices the normative atlas describes (the IXI individuals'; calibrated on ``ixi_calib``)."""
+
+
+def fit_atlas(data: PreparedDataset) -> NormativeAtlas:
+    """The normative atlas (``normative.NormativeAtlas``) of the population's training slices: the IXI training
+    individuals' healthy mid-axial slices, never an evaluated individual's."""
+    ids = [m["id"] for m in data.manifest["volumes"]["train"] if m.get("dataset") == POPULATION]
+    if len(ids) < 2:
+        raise ValueError(f"the normative atlas is fitted on the {POPULATION} training slices, and the data holds "
+                         f"{len(ids)}: prepare it with ixi: train")
+    train = data.slices("train", ids)
+    return NormativeAtlas.fit(train["image"], train["brain"])
+
+
+def normative_scorer(atlas: NormativeAtlas, bounded: bool = False) -> Scorer:
+    """The atlas as a scorer: reconstruction mu, map z (``NormativeAtlas.deviation``), squared error z^2; ``bounded``:
+    the map 2 tanh(z / Z_UNIT), z's ranking inside the score range (the baseline's row)."""
+
+    def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        atlas.check_population(vol.id, vol.meta.get("dataset"), vol.image.shape)
+        z = atlas.deviation(vol.image)
+        rec = np.broadcast_to(atlas.mean[:, :, None], vol.image.shape).astype(np.float32)
+        return rec, (2.0 * np.tanh(z / Z_UNIT) if bounded else z).astype(np.float32), z ** 2
+
+    return score
+
+
+def with_normative(scorer: Scorer, info: Mapping[str, Any], atlas: NormativeAtlas, weight: float,
+                   healthy: Sequence[PreparedVolume], pp: PostProcessing) -> tuple[Scorer, dict[str, Any]]:
+    """``scorer``'s map fused with the atlas's deviation z on the population's slices: m = s_r (r / s_r + w z / s_z) /
+    (1 + w), each read in units of its 99th percentile on the ``healthy`` slices (``mix_scales``); the reconstruction
+    stays the model's."""
+    parts = [scorer, normative_scorer(atlas)]
+    scales = mix_scales(parts, healthy, pp)
+    return mixed_scorer(parts, scales, [1.0, weight], reconstruction_of=0), {
+        **info, "normative": {"weight": weight, "scales": [float(s) for s in scales], "quantile": MIX_QUANTILE,
+                              "set_on": MIX_CALIBRATION, "sd_floor": atlas.sd_floor,
+                              "fitted_on_slices": int(atlas.count.max())}}
 
 
 def post_process(amap: np.ndarray, brain: np.ndarray, spacing: np.ndarray, pp: PostProcessing) -> np.ndarray:
@@ -547,7 +595,8 @@ def _evaluate_calibrated(scorer: Scorer, data: PreparedDataset, healthy_split: s
 
 BASELINE_LABELS = {"floor_intensity": "intensity floor (x itself)", "floor_dark": "dark floor (−x)",
                    "floor_median": "floor |x − brain median|",
-                   "ae": "AE (spatial), ours", "dae": "DAE (coarse noise), ours"}
+                   "ae": "AE (spatial), ours", "dae": "DAE (coarse noise), ours",
+                   "atlas": "normative atlas |x − μ|/σ (IXI training slices)"}
 """Maps folder name -> row label of every non-diffusion baseline."""
 
 
@@ -577,6 +626,12 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
         elif name == "floor_median":
             out.append((name, lambda vol, slices: median_floor(vol.image, slices, vol.brain),
                         {"kind": "floor", "map": "|x - median of the brain on the scored slices|"}))
+        elif name == "atlas":
+            atlas = fit_atlas(data)
+            out.append((name, normative_scorer(atlas, bounded=True),
+                        {"kind": "normative", "map": f"2 tanh(z / {Z_UNIT:g}), z = |x - mu| / max(sigma, "
+                         f"{atlas.sd_floor:g}) over the population's training slices",
+                         "fitted_on_slices": int(atlas.count.max()), "sets": list(NORMATIVE_SETS)}))
         elif name == "ae":
             ae, info = train_autoencoder(data.slices("train")["image"], Path(run_dir) / "models" / "ae", fingerprint,
                                          steps=ae_steps, seed=seed)
@@ -704,7 +759,11 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     With ``cfg.intensity_weight`` > 0 every model and autoencoder gets two rows from one pass of its network: its map
     fused with the intensity, the row whose maps are written and shown (its info's ``name`` is the model's, and its
     ``wall_time_s`` holds the network pass), and its residual alone (``name`` "<model>-w0"). The floors are what they
-    are. Returns (results, infos, the scored volumes of each set per split), each keyed by the row label. What scoring
+    are. With ``cfg.normative_weight`` > 0 every model and autoencoder gets one more row on the IXI sets
+    (``NORMATIVE_SETS``) from the same pass: its map fused with the normative atlas's deviation (``with_normative``; "<model>-normative"); the
+    baseline "atlas" is that deviation alone, on the same sets. Neither enters ``detector.json``: the atlas reads the
+    population's registered slices only. Returns (results, infos, the scored volumes of each set per split), each
+    keyed by the row label. What scoring
     a new scan needs (each model's calibrated threshold and fusion, the scoring, post-processing and preparation
     settings) is written to ``out/detector.json`` (``detector_record``).
     """
@@ -714,29 +773,33 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     infos: dict[str, Any] = {}
     shown_volumes: dict[str, dict[str, list[ScoredVolume]]] = {}
 
-    def rows(scorer: Scorer, label: str, name: str, info: dict[str, Any], weights: Sequence[float]) -> None:
+    def rows(scorer: Scorer, label: str, name: str, info: dict[str, Any], weights: Sequence[float],
+             sets: Sequence[str] = cfg.eval_sets, show: bool = True) -> None:
         scorer = remembering(scorer) if len(weights) > 1 else scorer
         for i, weight in enumerate(weights):
             t0 = time.perf_counter()
-            shown = i == 0  # the first row's maps are written and shown; the others are tables only
-            maps = cfg.write_nifti and shown and info["kind"] != "floor"  # a floor's map is the input
-            res, scored = evaluate_model(scorer, data, cfg.eval_sets, cfg.slice_stride, cfg.fpr, pp,
+            shown = i == 0 and show  # the first row's maps are written and shown; the others are tables only
+            # a floor's map is the input; the atlas reads 2-D slices, which get no NIfTI maps
+            maps = cfg.write_nifti and shown and info["kind"] not in ("floor", "normative")
+            res, scored = evaluate_model(scorer, data, sets, cfg.slice_stride, cfg.fpr, pp,
                                          cfg.anoddpm_protocol, out / "maps" / name if maps else None, progress, weight,
                                          cfg.fusion if weight else "sum", cfg.fusion_quantile)
             row = fused_label(label, weight, cfg.fusion)
             results[row] = res
             # name: the maps folder that 05 reads; a row without maps gets a name of its own
-            infos[row] = {**info, "name": name if shown else f"{name}-w{weight:g}", "intensity_weight": weight,
+            infos[row] = {**info, "name": name if i == 0 else f"{name}-w{weight:g}", "intensity_weight": weight,
                           "fusion": cfg.fusion if weight else None,
                           "wall_time_s": round(time.perf_counter() - t0, 1),
                           "slices_scored": sum(len(v.slices) for vs in scored.values() for v in vs)}
-            if shown and info["kind"] != "floor":  # the figures show reconstructions; a floor has none
-                shown_volumes[row] = {split: scored[split] for split in cfg.eval_sets}
+            if shown and info["kind"] not in ("floor", "normative"):  # the figures show reconstructions
+                shown_volumes[row] = {split: scored[split] for split in sets}
             log(f"{row}: {infos[row]['slices_scored']} slices in {infos[row]['wall_time_s']} s; threshold "
                 f"{res['threshold']:.3f} (set A), leave-one-host-out {res['thresholds_without_host']}")
 
     weights = (cfg.intensity_weight, 0.0) if cfg.intensity_weight else (0.0,)
     detectors: dict[str, Any] = {}
+    normative_sets = [s for s in cfg.eval_sets if s in NORMATIVE_SETS]
+    atlas = fit_atlas(data) if cfg.normative_weight else None
     for name in cfg.models:
         model_json = _model_json(cfg, run_dir, name, data.training_fingerprint)
         scorer, info = diffusion_scorer(recorded_checkpoint(model_json),
@@ -753,12 +816,30 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
                                          use_channels_last(cfg.channels_last, device), cfg.amp, cfg.residual, pp,
                                          data.volumes(MIX_CALIBRATION))
             label = label[:-1] + f", mixed with the noised input's at t*={info['mix']['deep_t_star']})"
+        if atlas is not None:  # one network pass for the model's rows and its normative row
+            scorer = remembering(scorer)
         rows(scorer, label, name, info, weights)
         detectors[name] = detector_model(run_dir, model_json, results[fused_label(label, weights[0], cfg.fusion)],
                                          info.get("mix"))
+        if atlas is not None:
+            fused, fused_info = with_normative(scorer, info, atlas, cfg.normative_weight,
+                                               data.volumes(MIX_CALIBRATION), pp)
+            rows(fused, f"{label} + normative atlas (w={cfg.normative_weight:g})", f"{name}-normative", fused_info,
+                 (0.0,), normative_sets, show=False)
     if detectors:
         write_json_atomic(out / DETECTOR_FILE, detector_record(cfg, data, detectors))
     for name, scorer, info in baseline_scorers(data, run_dir, cfg.baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,
                                                cfg.dae_noise_std, cfg.dae_noise_res, cfg.amp, progress, cfg.residual):
-        rows(scorer, BASELINE_LABELS[name], name, info, (0.0,) if info["kind"] == "floor" else weights)
+        if info["kind"] == "normative":
+            rows(scorer, BASELINE_LABELS[name], name, info, (0.0,), normative_sets)
+        elif info["kind"] == "floor":
+            rows(scorer, BASELINE_LABELS[name], name, info, (0.0,))
+        else:  # an autoencoder: its residual's rows, and its normative row like a model's
+            scorer = remembering(scorer) if atlas is not None else scorer
+            rows(scorer, BASELINE_LABELS[name], name, info, weights)
+            if atlas is not None:
+                fused, fused_info = with_normative(scorer, info, atlas, cfg.normative_weight,
+                                                   data.volumes(MIX_CALIBRATION), pp)
+                rows(fused, f"{BASELINE_LABELS[name]} + normative atlas (w={cfg.normative_weight:g})",
+                     f"{name}-normative", fused_info, (0.0,), normative_sets, show=False)
     return results, infos, shown_volumes

@@ -46,7 +46,7 @@ def test_the_mix_is_the_mean_of_the_maps_in_units_of_their_scales():
     # a map scaled by c with its scale scaled by c leaves the mix as it was: only the calibrated units count
     _, again, _ = mixed_scorer([_constant_part({"v": a}), _constant_part({"v": 10 * b})], [0.5, 20.0])(vol, vol.slices)
     assert np.allclose(amap, again, atol=1e-5)
-    with pytest.raises(ValueError, match="one scale per map"):
+    with pytest.raises(ValueError, match="one scale and one weight per map"):
         mixed_scorer([_constant_part({"v": a})], [1.0, 2.0])
     with pytest.raises(ValueError, match="must be > 0"):
         mixed_scorer([_constant_part({"v": a}), _constant_part({"v": b})], [1.0, 0.0])
@@ -80,7 +80,7 @@ def test_an_evaluated_mix_records_its_scales_and_a_scan_is_scored_with_them(ci_r
     folder = tmp_path / "run"
     shutil.copytree(ci_run, folder, ignore=shutil.ignore_patterns("notebooks", "maps", "figures"))
     mix = {"sample_steps": 1, "eval_noise": "none", "baselines": [], "eval_sets": ["ixi_test"], "write_nifti": False,
-           "intensity_weight": 0, "fusion": "sum", "deep_t_star_ensemble": [50, 100]}
+           "intensity_weight": 0, "fusion": "sum", "deep_t_star_ensemble": [50, 100], "normative_weight": 0}
     pipeline.run(CI, folder, notebooks=["03_evaluate"], overrides=mix, cell_timeout=600)
     record = json.loads((folder / "eval" / "detector.json").read_text())
     assert record["scoring"]["deep_t_star"] == [50, 100] and record["scoring"]["deep_draws"] == 1

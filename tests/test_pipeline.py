@@ -100,6 +100,13 @@ def test_pipeline_runs_with_ci_params(ci_run):
     assert sum(m["lesion_voxels"] for m in by_size.values()) == addm["ixi_test"]["pooled"]["lesion_voxels"]
     assert set(addm["ixi_test"]["by_kind_size"]) == {"hypo", "ring", "hyper", "iso"}
     assert not addm["eval_a"]["by_size"], "real tumours have no drawn size"
+    # the normative rows: the model fused with the IXI atlas, and the atlas alone, on the IXI test slices only
+    normative = next(r for label, r in results.items() if label.startswith("addm") and "normative atlas" in label)
+    atlas = results["normative atlas |x − μ|/σ (IXI training slices)"]
+    for row in (normative, atlas):
+        assert "ixi_test" in row and "eval_a" not in row and "eval_b" not in row
+        assert set(row["calibration"]) == {"ixi_calib"}
+    assert set(json.loads((folder / "eval" / "detector.json").read_text())["models"]) == {"addm"}
     assert {"intensity floor (x itself)", "dark floor (−x)", "floor |x − brain median|"} <= set(results)
     assert len(list((folder / "eval" / "figures").glob("kind_ixi_test_*.png"))) == 4, "one figure per lesion kind"
     assert (folder / "data" / "figures" / "ixi_brain_masks.png").is_file()

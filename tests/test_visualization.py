@@ -303,7 +303,8 @@ def test_browser_agrees_with_the_evaluation_on_a_real_run(ci_run):
     # floors have no maps; nor has the residual-alone row beside each fused one (ci.yaml sets intensity_weight)
     mapped = [label for label, info in metrics["models"].items() if (ci_run / "eval" / "maps" / info["name"]).is_dir()]
     assert len(mapped) == 3 and all(", + intensity w=2" in label for label in mapped), mapped
-    assert len(metrics["models"]) == 3 + 3 + 3, "fused and alone rows of addm, ae, dae; the three floors"
+    assert len(metrics["models"]) == 3 + 3 + 3 + 3 + 1, ("fused and alone rows of addm, ae, dae; the three floors; "
+                                                         "the normative rows of addm, ae, dae; the atlas")
     assert checked == sum(len(metrics["results"][label][s]["per_volume"]) for label in mapped
                           for s in ("eval_a", "eval_b"))
     biggest = select_volume(entries, "addm", "eval_a")

@@ -1,0 +1,100 @@
+"""The normative atlas of a registered population (addmlib.normative) and its use in the evaluation: the per-pixel
+statistics, the location-aware deviation, what it refuses, the weighted mix it is fused by, and its parameters."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from addmlib.config import ConfigError, EvalConfig, validate
+from addmlib.evaluate import mixed_scorer, normative_scorer
+from addmlib.normative import NormativeAtlas
+
+
+def _population(n: int = 40, size: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Registered healthy slices: dark (-0.5) in the left half, bright (0.5) in the right, a little noise; the brain
+    is all but the first row."""
+    rng = np.random.default_rng(seed)
+    base = np.where(np.arange(size)[None, :] < size // 2, -0.5, 0.5) * np.ones((size, 1))
+    images = (base[None] + rng.normal(0, 0.05, (n, size, size))).astype(np.float32)
+    brains = np.ones_like(images, bool)
+    brains[:, 0] = False
+    return images, brains
+
+
+def test_the_atlas_holds_each_pixels_mean_and_spread_over_the_brains_that_hold_it() -> None:
+    images, brains = _population()
+    brains[:5, 3, 3] = False  # five slices lack this pixel
+    atlas = NormativeAtlas.fit(images, brains)
+    assert atlas.count[3, 3] == 35 and atlas.count[0, 0] == 0 and atlas.count[5, 5] == 40
+    assert atlas.mean[3, 3] == pytest.approx(images[5:, 3, 3].mean(), abs=1e-6)
+    assert atlas.std[3, 3] == pytest.approx(images[5:, 3, 3].std(), abs=1e-6)
+    assert atlas.mean[0, 0] == 0 and atlas.std[0, 0] == 0  # no slice holds it: read against the floor alone
+    with pytest.raises(ValueError, match="at least two registered healthy slices"):
+        NormativeAtlas.fit(images[:1], brains[:1])
+    with pytest.raises(ValueError, match="sd_floor must be > 0"):
+        NormativeAtlas.fit(images, brains, sd_floor=0.0)
+
+
+def test_the_deviation_is_read_for_the_place_not_the_intensity() -> None:
+    """The same bright patch is anomalous where the population is dark and ordinary where it is bright."""
+    images, brains = _population()
+    atlas = NormativeAtlas.fit(images, brains, sd_floor=0.1)
+    probe = images[0].copy()
+    probe[4:6, 1:3] = 0.5  # bright in the dark half
+    probe[4:6, 5:7] = 0.5  # bright in the bright half (as usual)
+    z = atlas.deviation(probe)
+    assert z[4:6, 1:3].min() > 8  # |0.5 - (-0.5)| / max(~0.05, 0.1) = 10
+    assert z[4:6, 5:7].max() < 1.5
+    assert np.allclose(z, np.abs(probe - atlas.mean) / np.maximum(atlas.std, 0.1))
+    assert np.allclose(atlas.deviation(probe[:, :, None])[:, :, 0], z)  # N x N x Z, slice by slice
+    with pytest.raises(ValueError, match=r"image of \(4, 4\) pixels; the atlas holds \(8, 8\)"):
+        atlas.deviation(np.zeros((4, 4)))
+
+
+def _slice(vid: str, image: np.ndarray, dataset: str = "ixi_midaxial") -> SimpleNamespace:
+    return SimpleNamespace(id=vid, image=image[:, :, None] if image.ndim == 2 else image, meta={"dataset": dataset},
+                           slices=np.array([0]))
+
+
+def test_the_atlas_scorer_reads_only_single_slices_of_its_population() -> None:
+    images, brains = _population()
+    atlas = NormativeAtlas.fit(images, brains)
+    score = normative_scorer(atlas)
+    rec, z, sq = score(_slice("IXI013+hypo-d0", images[0]), np.array([0]))
+    assert np.allclose(rec[:, :, 0], atlas.mean) and np.allclose(sq, z ** 2)
+    _, bounded, _ = normative_scorer(atlas, bounded=True)(_slice("IXI013+hypo-d0", images[0]), np.array([0]))
+    assert np.allclose(bounded, 2 * np.tanh(z / 4)) and bounded.max() < 2
+    for vid, image, dataset in (("colin27+hypo00", np.zeros((8, 8, 5), np.float32), "ixi_midaxial"),
+                                ("scan", images[0], "packaged"), ("small", np.zeros((4, 4), np.float32), "ixi_midaxial")):
+        with pytest.raises(ValueError, match=re.escape(f"{vid}: the normative atlas reads single 8 x 8 slices")):
+            score(_slice(vid, image, dataset), np.array([0]))
+
+
+def test_a_weighted_mix_reads_each_map_in_its_healthy_units() -> None:
+    """m = s_1 (w_1 r_1 / s_1 + w_2 r_2 / s_2) / (w_1 + w_2); the reconstruction is the chosen part's."""
+    vol = _slice("v", np.zeros((2, 2), np.float32))
+    r1, r2 = np.full((2, 2, 1), 0.4, np.float32), np.full((2, 2, 1), 6.0, np.float32)
+    part1 = lambda v, s: (np.full_like(r1, 1.0), r1, r1 ** 2)  # noqa: E731
+    part2 = lambda v, s: (np.full_like(r2, 2.0), r2, r2 ** 2)  # noqa: E731
+    rec, m, _ = mixed_scorer([part1, part2], [0.2, 3.0], [1.0, 0.25], reconstruction_of=0)(vol, vol.slices)
+    assert np.allclose(m, 0.2 * (0.4 / 0.2 + 0.25 * 6.0 / 3.0) / 1.25) and np.allclose(rec, 1.0)
+    _, plain, _ = mixed_scorer([part1, part2], [0.2, 3.0])(vol, vol.slices)
+    assert np.allclose(plain, 0.2 * (0.4 / 0.2 + 6.0 / 3.0) / 2)  # equal weights by default
+    with pytest.raises(ValueError, match="weights must be >= 0 and not all 0"):
+        mixed_scorer([part1, part2], [0.2, 3.0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="one scale and one weight per map: 2 maps, 2 scales, 1 weights"):
+        mixed_scorer([part1, part2], [0.2, 3.0], [1.0])
+
+
+def test_the_normative_settings_are_validated_by_name() -> None:
+    base = {"run_dir": "x", "eval_sets": ["ixi_test"]}
+    assert validate(EvalConfig, {**base, "normative_weight": 0.25, "baselines": ["atlas"]}, "p").normative_weight == 0.25
+    with pytest.raises(ConfigError, match="normative_weight must be a finite number >= 0"):
+        validate(EvalConfig, {**base, "normative_weight": -1.0}, "p")
+    for extra in ({"normative_weight": 0.25}, {"baselines": ["atlas"]}):
+        with pytest.raises(ConfigError, match="eval_sets must hold 'ixi_test' or 'ixi_tune'"):
+            validate(EvalConfig, {"run_dir": "x", "eval_sets": ["eval_a", "eval_b"], **extra}, "p")
