@@ -799,7 +799,12 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     weights = (cfg.intensity_weight, 0.0) if cfg.intensity_weight else (0.0,)
     detectors: dict[str, Any] = {}
     normative_sets = [s for s in cfg.eval_sets if s in NORMATIVE_SETS]
-    atlas = fit_atlas(data) if cfg.normative_weight else None
+    baselines = list(cfg.baselines)
+    if (cfg.normative_weight or "atlas" in baselines) and not normative_sets:
+        log(f"normative_weight and the baseline 'atlas' read the IXI slices ({', '.join(NORMATIVE_SETS)}), and "
+            f"eval_sets {list(cfg.eval_sets)} holds none: no normative rows")
+        baselines = [b for b in baselines if b != "atlas"]
+    atlas = fit_atlas(data) if cfg.normative_weight and normative_sets else None
     for name in cfg.models:
         model_json = _model_json(cfg, run_dir, name, data.training_fingerprint)
         scorer, info = diffusion_scorer(recorded_checkpoint(model_json),
@@ -828,7 +833,7 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
                  (0.0,), normative_sets, show=False)
     if detectors:
         write_json_atomic(out / DETECTOR_FILE, detector_record(cfg, data, detectors))
-    for name, scorer, info in baseline_scorers(data, run_dir, cfg.baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,
+    for name, scorer, info in baseline_scorers(data, run_dir, baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,
                                                cfg.dae_noise_std, cfg.dae_noise_res, cfg.amp, progress, cfg.residual):
         if info["kind"] == "normative":
             rows(scorer, BASELINE_LABELS[name], name, info, (0.0,), normative_sets)

@@ -95,6 +95,29 @@ def test_the_normative_settings_are_validated_by_name() -> None:
     assert validate(EvalConfig, {**base, "normative_weight": 0.25, "baselines": ["atlas"]}, "p").normative_weight == 0.25
     with pytest.raises(ConfigError, match="normative_weight must be a finite number >= 0"):
         validate(EvalConfig, {**base, "normative_weight": -1.0}, "p")
-    for extra in ({"normative_weight": 0.25}, {"baselines": ["atlas"]}):
-        with pytest.raises(ConfigError, match="eval_sets must hold 'ixi_test' or 'ixi_tune'"):
-            validate(EvalConfig, {"run_dir": "x", "eval_sets": ["eval_a", "eval_b"], **extra}, "p")
+    with pytest.raises(ConfigError, match=r"baselines \['atlsa'\] unknown"):
+        validate(EvalConfig, {**base, "baselines": ["atlsa"]}, "p")
+
+
+@pytest.mark.slow
+@pytest.mark.registry
+def test_an_evaluation_without_ixi_slices_has_no_normative_rows_and_says_so(ci_run, tmp_path):
+    """The demo's normative settings layered under a report of volumes only: the atlas has nothing to read there, so
+    the run scores the volumes as before, says why no normative row exists, and never fits the atlas."""
+    import json
+    import shutil
+
+    from addmlib import pipeline
+
+    from .conftest import ROOT
+
+    folder = tmp_path / "run"
+    shutil.copytree(ci_run, folder, ignore=shutil.ignore_patterns("notebooks", "maps", "figures"))
+    volumes_only = {"sample_steps": 1, "eval_noise": "none", "baselines": ["floor_intensity", "atlas"],
+                    "eval_sets": ["eval_a"], "write_nifti": False, "intensity_weight": 0, "fusion": "sum"}
+    pipeline.run(ROOT / "params" / "ci" / "ci.yaml", folder, notebooks=["03_evaluate"], overrides=volumes_only,
+                 cell_timeout=600)
+    results = json.loads((folder / "eval" / "metrics.json").read_text())["results"]
+    assert not any("normative" in label for label in results) and len(results) == 2  # addm and the floor
+    executed = (folder / "notebooks" / "03_evaluate.ipynb").read_text()
+    assert "eval_sets ['eval_a'] holds none: no normative rows" in executed
