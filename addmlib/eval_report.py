@@ -128,8 +128,8 @@ def size_table(results: Results, split: str, metric: str = "auroc") -> str:
         by = res.get("by_kind_size", {})
         cells = [" / ".join(_fmt(by[k][c][metric]) if c in by.get(k, {}) else "–" for c in classes) for k in kinds]
         rows.append(f"| {_label_cell(label)} | " + " | ".join(cells) + " |")
-    return (f"**{SPLIT_TITLES.get(split, split)}, by lesion kind and size** — {metric.upper()} pooled over each kind's "
-            f"lesions drawn {' / '.join(classes)} across.\n\n" + "\n".join(rows))
+    return (f"**{SPLIT_TITLES.get(split, split)}, by lesion kind and size** — {metric.upper()} pooled over each "
+            f"kind's lesions drawn {' / '.join(classes)} across.\n\n" + "\n".join(rows))
 
 
 def lesion_kind_table(results: Results, split: str) -> str:

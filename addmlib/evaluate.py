@@ -205,7 +205,8 @@ def with_deep_map(scorer: Scorer, info: Mapping[str, Any], checkpoint: str | Pat
 
 
 NORMATIVE_SETS = ("ixi_tune", "ixi_test")
-"""The evaluation sets whose slices the normative atlas describes (the IXI individuals'; calibrated on ``ixi_calib``)."""
+"""The evaluation sets whose slices the normative atlas describes (the IXI individuals'; calibrated on
+``ixi_calib``)."""
 
 
 def fit_atlas(data: PreparedDataset) -> NormativeAtlas:
@@ -760,12 +761,12 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
     fused with the intensity, the row whose maps are written and shown (its info's ``name`` is the model's, and its
     ``wall_time_s`` holds the network pass), and its residual alone (``name`` "<model>-w0"). The floors are what they
     are. With ``cfg.normative_weight`` > 0 every model and autoencoder gets one more row on the IXI sets
-    (``NORMATIVE_SETS``) from the same pass: its map fused with the normative atlas's deviation (``with_normative``; "<model>-normative"); the
-    baseline "atlas" is that deviation alone, on the same sets. Neither enters ``detector.json``: the atlas reads the
-    population's registered slices only. Returns (results, infos, the scored volumes of each set per split), each
-    keyed by the row label. What scoring
-    a new scan needs (each model's calibrated threshold and fusion, the scoring, post-processing and preparation
-    settings) is written to ``out/detector.json`` (``detector_record``).
+    (``NORMATIVE_SETS``) from the same pass: its map fused with the normative atlas's deviation (``with_normative``;
+    "<model>-normative"); the baseline "atlas" is that deviation alone, on the same sets. Neither enters
+    ``detector.json``: the atlas reads the population's registered slices only. Returns (results, infos, the scored
+    volumes of each set per split), each keyed by the row label. What scoring a new scan needs (each model's calibrated
+    threshold and fusion, the scoring, post-processing and preparation settings) is written to ``out/detector.json``
+    (``detector_record``).
     """
     pp = PostProcessing.of(cfg)
     run_dir = Path(cfg.run_dir).resolve()

@@ -62,7 +62,8 @@ def test_a_conditioned_unet_starts_as_the_unconditioned_one_and_refuses_a_missin
 
 def test_the_loss_feeds_a_conditioned_model_its_clean_batch_through_any_wrapper() -> None:
     """addm_generator_terms asks the model (or a DDP wrapper's ``module``) whether it reads x0: a conditioned U-Net is
-    trained on eps_theta(x_t, t, x0), with its encoder in the graph; an unconditioned one is called as eps_theta(x_t, t)."""
+    trained on eps_theta(x_t, t, x0), with its encoder in the graph; an unconditioned one is called as
+    eps_theta(x_t, t)."""
     torch.manual_seed(0)
     diffusion = GaussianDiffusion(50)
     x0 = torch.rand(4, 1, 16, 16) * 2 - 1
@@ -90,7 +91,8 @@ def test_the_loss_feeds_a_conditioned_model_its_clean_batch_through_any_wrapper(
         by_hand = ((cond_net(diffusion.q_sample(x0, t, eps), t, x0) - eps) ** 2).mean()
     assert torch.allclose(plain.detach(), by_hand, atol=1e-6)
     plain.backward()
-    assert cond_net.cond_encoder.net[-1].weight.grad is not None and cond_net.cond_encoder.net[-1].weight.grad.abs().sum() > 0
+    grad = cond_net.cond_encoder.net[-1].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
     assert torch.isfinite(loss(UNet(SMALL, 16)))  # unconditioned: called without x0 (it would refuse one)
 
 

@@ -240,7 +240,8 @@ def test_measure_pools_each_kind_and_size_apart():
     by = res["by_kind_size"]
     assert list(by) == ["hyper", "hypo"] and list(by["hyper"]) == ["<10 mm", ">=17 mm"]
     assert list(by["hypo"]) == ["<10 mm", "10-17 mm"]
-    assert by["hyper"]["<10 mm"]["auroc"] == pytest.approx(1.0) and by["hyper"][">=17 mm"]["auroc"] == pytest.approx(0.0)
+    assert by["hyper"]["<10 mm"]["auroc"] == pytest.approx(1.0)
+    assert by["hyper"][">=17 mm"]["auroc"] == pytest.approx(0.0)
     assert 0.3 < res["by_kind"]["hyper"]["auroc"] < 0.8
     assert list(res["by_size"]) == ["<10 mm", "10-17 mm", ">=17 mm"]
     assert res["by_size"]["<10 mm"]["lesion_voxels"] == 2 * int(lesion.sum())  # hyper and hypo, not the tumour

@@ -69,7 +69,8 @@ def test_the_atlas_scorer_reads_only_single_slices_of_its_population() -> None:
     _, bounded, _ = normative_scorer(atlas, bounded=True)(_slice("IXI013+hypo-d0", images[0]), np.array([0]))
     assert np.allclose(bounded, 2 * np.tanh(z / 4)) and bounded.max() < 2
     for vid, image, dataset in (("colin27+hypo00", np.zeros((8, 8, 5), np.float32), "ixi_midaxial"),
-                                ("scan", images[0], "packaged"), ("small", np.zeros((4, 4), np.float32), "ixi_midaxial")):
+                                ("scan", images[0], "packaged"),
+                                ("small", np.zeros((4, 4), np.float32), "ixi_midaxial")):
         with pytest.raises(ValueError, match=re.escape(f"{vid}: the normative atlas reads single 8 x 8 slices")):
             score(_slice(vid, image, dataset), np.array([0]))
 
@@ -92,7 +93,8 @@ def test_a_weighted_mix_reads_each_map_in_its_healthy_units() -> None:
 
 def test_the_normative_settings_are_validated_by_name() -> None:
     base = {"run_dir": "x", "eval_sets": ["ixi_test"]}
-    assert validate(EvalConfig, {**base, "normative_weight": 0.25, "baselines": ["atlas"]}, "p").normative_weight == 0.25
+    cfg = validate(EvalConfig, {**base, "normative_weight": 0.25, "baselines": ["atlas"]}, "p")
+    assert cfg.normative_weight == 0.25 and cfg.baselines == ("atlas",)
     with pytest.raises(ConfigError, match="normative_weight must be a finite number >= 0"):
         validate(EvalConfig, {**base, "normative_weight": -1.0}, "p")
     with pytest.raises(ConfigError, match=r"baselines \['atlsa'\] unknown"):
