@@ -604,9 +604,11 @@ BASELINE_LABELS = {"floor_intensity": "intensity floor (x itself)", "floor_dark"
 def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable[str], seed: int = 0,
                      ae_steps: int = 1500, dae_steps: int = 1500, dae_noise_std: float = 0.2,
                      dae_noise_res: int = 16, amp: str = "off", progress: Callable[..., Any] | None = None,
-                     residual: str = "abs") -> list[tuple[str, Scorer, dict[str, Any]]]:
+                     residual: str = "abs", atlas: NormativeAtlas | None = None,
+                     ) -> list[tuple[str, Scorer, dict[str, Any]]]:
     """(name, scorer, info) for each baseline in ``names`` (keys of ``BASELINE_LABELS``), trained on the training
     slices where they learn (cached in ``run_dir/models/<name>`` by the data's training fingerprint and settings).
+    ``atlas``: the normative atlas the baseline "atlas" reads, where the caller has fitted it (else ``fit_atlas``).
     ``residual`` ("abs" or "positive") is the autoencoders' map, as for the diffusion models; the floors are what they
     are."""
 
@@ -628,7 +630,7 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
             out.append((name, lambda vol, slices: median_floor(vol.image, slices, vol.brain),
                         {"kind": "floor", "map": "|x - median of the brain on the scored slices|"}))
         elif name == "atlas":
-            atlas = fit_atlas(data)
+            atlas = atlas or fit_atlas(data)
             out.append((name, normative_scorer(atlas, bounded=True),
                         {"kind": "normative", "map": f"2 tanh(z / {Z_UNIT:g}), z = |x - mu| / max(sigma, "
                          f"{atlas.sd_floor:g}) over the population's training slices",
@@ -805,7 +807,19 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
         log(f"normative_weight and the baseline 'atlas' read the IXI slices ({', '.join(NORMATIVE_SETS)}), and "
             f"eval_sets {list(cfg.eval_sets)} holds none: no normative rows")
         baselines = [b for b in baselines if b != "atlas"]
-    atlas = fit_atlas(data) if cfg.normative_weight and normative_sets else None
+    atlas = fit_atlas(data) if normative_sets and (cfg.normative_weight or "atlas" in baselines) else None
+    fuse = atlas if cfg.normative_weight else None  # the atlas the learned maps are fused with
+
+    def learned_rows(scorer: Scorer, label: str, name: str, info: dict[str, Any]) -> None:
+        """A model's or autoencoder's rows and, with ``normative_weight``, its normative row from the same pass."""
+        scorer = remembering(scorer) if fuse is not None else scorer
+        rows(scorer, label, name, info, weights)
+        if fuse is not None:
+            fused, fused_info = with_normative(scorer, info, fuse, cfg.normative_weight,
+                                               data.volumes(MIX_CALIBRATION), pp)
+            rows(fused, f"{label} + normative atlas (w={cfg.normative_weight:g})", f"{name}-normative", fused_info,
+                 (0.0,), normative_sets, show=False)
+
     for name in cfg.models:
         model_json = _model_json(cfg, run_dir, name, data.training_fingerprint)
         scorer, info = diffusion_scorer(recorded_checkpoint(model_json),
@@ -822,30 +836,18 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
                                          use_channels_last(cfg.channels_last, device), cfg.amp, cfg.residual, pp,
                                          data.volumes(MIX_CALIBRATION))
             label = label[:-1] + f", mixed with the noised input's at t*={info['mix']['deep_t_star']})"
-        if atlas is not None:  # one network pass for the model's rows and its normative row
-            scorer = remembering(scorer)
-        rows(scorer, label, name, info, weights)
+        learned_rows(scorer, label, name, info)
         detectors[name] = detector_model(run_dir, model_json, results[fused_label(label, weights[0], cfg.fusion)],
                                          info.get("mix"))
-        if atlas is not None:
-            fused, fused_info = with_normative(scorer, info, atlas, cfg.normative_weight,
-                                               data.volumes(MIX_CALIBRATION), pp)
-            rows(fused, f"{label} + normative atlas (w={cfg.normative_weight:g})", f"{name}-normative", fused_info,
-                 (0.0,), normative_sets, show=False)
     if detectors:
         write_json_atomic(out / DETECTOR_FILE, detector_record(cfg, data, detectors))
     for name, scorer, info in baseline_scorers(data, run_dir, baselines, cfg.seed, cfg.ae_steps, cfg.dae_steps,
-                                               cfg.dae_noise_std, cfg.dae_noise_res, cfg.amp, progress, cfg.residual):
+                                               cfg.dae_noise_std, cfg.dae_noise_res, cfg.amp, progress, cfg.residual,
+                                               atlas):
         if info["kind"] == "normative":
             rows(scorer, BASELINE_LABELS[name], name, info, (0.0,), normative_sets)
         elif info["kind"] == "floor":
             rows(scorer, BASELINE_LABELS[name], name, info, (0.0,))
-        else:  # an autoencoder: its residual's rows, and its normative row like a model's
-            scorer = remembering(scorer) if atlas is not None else scorer
-            rows(scorer, BASELINE_LABELS[name], name, info, weights)
-            if atlas is not None:
-                fused, fused_info = with_normative(scorer, info, atlas, cfg.normative_weight,
-                                                   data.volumes(MIX_CALIBRATION), pp)
-                rows(fused, f"{BASELINE_LABELS[name]} + normative atlas (w={cfg.normative_weight:g})",
-                     f"{name}-normative", fused_info, (0.0,), normative_sets, show=False)
+        else:  # an autoencoder: its rows like a model's
+            learned_rows(scorer, BASELINE_LABELS[name], name, info)
     return results, infos, shown_volumes
