@@ -474,11 +474,15 @@ class EvalConfig(DepthConfig):
     ``median_size``: the map's median filter, over that many voxels along each axis of the stack of scored slices (every
     ``slice_stride``-th slice of a volume: at stride 3 a 5-voxel window spans 15 slices); with ``median_in_plane`` over
     median_size x median_size voxels of each slice alone. A 2-D slice is filtered in its plane either way.
+    ``gaussian_sigma`` > 0: then a Gaussian filter of that many pixels in each slice's plane (0: none).
 
     ``normative_weight`` > 0: each model gets one more row on the IXI sets, its map fused with the normative atlas of
     the IXI training slices, m = s_r (r / s_r + w z / s_z) / (1 + w) with z = |x - mu| / max(sigma, 0.1) per pixel
     (``normative.NormativeAtlas``, ``evaluate.with_normative``); the baseline ``atlas`` is z alone. Both read the IXI
-    slices only: with no IXI set in ``eval_sets`` there is nothing for them to score, and the run says so."""
+    slices only: with no IXI set in ``eval_sets`` there is nothing for them to score, and the run says so.
+    ``normative_registration``: rounds of groupwise registration of the training slices (0: crop-and-resize alignment
+    alone), each image then read through the template warped onto it; ``normative_neighbours``: mu and sigma over the
+    k training slices nearest each image (0: all of them)."""
 
     device: str = "auto"
     models: tuple[str, ...] = ("addm", "ddpm")
@@ -499,6 +503,7 @@ class EvalConfig(DepthConfig):
     brain_erode_mm: float = 3.0
     median_size: int = 3
     median_in_plane: bool = False
+    gaussian_sigma: float = 0.0
     min_component_voxels: int = 5
     anoddpm_protocol: bool = True
     write_nifti: bool = True
@@ -514,12 +519,23 @@ class EvalConfig(DepthConfig):
     deep_t_star_ensemble: tuple[int, ...] = ()
     deep_draws: int = 1
     normative_weight: float = 0.0
+    normative_registration: int = 0
+    normative_neighbours: int = 0
 
     def check(self) -> None:
         super().check()
+        if not 0 <= self.gaussian_sigma < float("inf"):
+            raise ValueError(f"gaussian_sigma must be a finite number >= 0 (pixels; 0: no Gaussian filter), got "
+                             f"{self.gaussian_sigma}")
         if not 0 <= self.normative_weight < float("inf"):
             raise ValueError(f"normative_weight must be a finite number >= 0 (0: no normative row), got "
                              f"{self.normative_weight}")
+        if self.normative_registration < 0:
+            raise ValueError(f"normative_registration must be >= 0 (rounds; 0: none), got "
+                             f"{self.normative_registration}")
+        if self.normative_neighbours < 0 or self.normative_neighbours == 1:
+            raise ValueError(f"normative_neighbours must be 0 (all training slices) or >= 2, got "
+                             f"{self.normative_neighbours}")
         if any(t < 1 for t in self.deep_t_star_ensemble):
             raise ValueError(f"deep_t_star_ensemble depths must be >= 1, got {list(self.deep_t_star_ensemble)}")
         if self.deep_draws < 1:

@@ -41,8 +41,8 @@ from .metrics import BinnedScores, calibrate_threshold, confusion, mean_std, ove
 from .models import build_diffusion, campaign_models_root, load_ema_unet, model_dir, recorded_checkpoint, trained_on
 from .noise import noise_from_config, zero_noise
 from .normative import POPULATION, Z_UNIT, NormativeAtlas
-from .post_processing import (FUSION_QUANTILE, check_fusion_quantile, fuse_intensity, intensity_scale, max_fusion,
-                              median_filter, remove_small_components, restrict_to_brain)
+from .post_processing import (FUSION_QUANTILE, check_fusion_quantile, fuse_intensity, gaussian_filter, intensity_scale,
+                              max_fusion, median_filter, remove_small_components, restrict_to_brain)
 from .runtime import amp_dtype, resolve_amp
 
 SCORE_RANGE = (0.0, 2.0)  # |x - x_hat| for images in [-1, 1]
@@ -51,23 +51,27 @@ FusionRule = Literal["sum", "max"]
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """Switches for ``post_processing``; erode_mm = 0, median_size <= 1, min_component_voxels <= 1 turn steps off;
-    ``median_in_plane``: the median window lies in each slice's plane instead of spanning the stack of scored slices."""
+    """Switches for ``post_processing``; erode_mm = 0, median_size <= 1, min_component_voxels <= 1, gaussian_sigma = 0
+    turn steps off; ``median_in_plane``: the median window lies in each slice's plane instead of spanning the stack of
+    scored slices; ``gaussian_sigma``: an in-plane Gaussian filter (pixels) after the median."""
 
     erode_mm: float = 3.0
     median_size: int = 3
     min_component_voxels: int = 5
     median_in_plane: bool = False
+    gaussian_sigma: float = 0.0
 
     @classmethod
     def of(cls, cfg: EvalConfig) -> "PostProcessing":
         """The post-processing that ``cfg`` asks for."""
-        return cls(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels, cfg.median_in_plane)
+        return cls(cfg.brain_erode_mm, cfg.median_size, cfg.min_component_voxels, cfg.median_in_plane,
+                   cfg.gaussian_sigma)
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "PostProcessing":
         """The post-processing a ``detector.json`` names (``detector_record``); a key it lacks (a record written
-        before the key existed) keeps its default, as such a run was made: ``median_in_plane`` False, the cube."""
+        before the key existed) keeps its default, as such a run was made: ``median_in_plane`` False, the cube;
+        ``gaussian_sigma`` 0, no Gaussian."""
         return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
@@ -209,25 +213,28 @@ NORMATIVE_SETS = ("ixi_tune", "ixi_test")
 ``ixi_calib``)."""
 
 
-def fit_atlas(data: PreparedDataset) -> NormativeAtlas:
-    """The normative atlas (``normative.NormativeAtlas``) of the population's training slices: the IXI training
-    individuals' healthy mid-axial slices, never an evaluated individual's."""
+def fit_atlas(data: PreparedDataset, rounds: int = 0, neighbours: int = 0) -> NormativeAtlas:
+    """The normative atlas (``normative.NormativeAtlas``, with ``rounds`` of groupwise registration and over the
+    ``neighbours`` nearest slices) of the population's training slices: the IXI training individuals' healthy
+    mid-axial slices, never an evaluated individual's."""
     ids = [m["id"] for m in data.manifest["volumes"]["train"] if m.get("dataset") == POPULATION]
     if len(ids) < 2:
         raise ValueError(f"the normative atlas is fitted on the {POPULATION} training slices, and the data holds "
                          f"{len(ids)}: prepare it with ixi: train")
     train = data.slices("train", ids)
-    return NormativeAtlas.fit(train["image"], train["brain"])
+    return NormativeAtlas.fit(train["image"], train["brain"], rounds=rounds, neighbours=neighbours)
 
 
 def normative_scorer(atlas: NormativeAtlas, bounded: bool = False) -> Scorer:
-    """The atlas as a scorer: reconstruction mu, map z (``NormativeAtlas.deviation``), squared error z^2; ``bounded``:
-    the map 2 tanh(z / Z_UNIT), z's ranking inside the score range (the baseline's row)."""
+    """The atlas as a scorer: reconstruction mu and map z = |x - mu| / max(sigma, sigma_floor), both on the slice's
+    grid (``NormativeAtlas.reference``), squared error z^2; ``bounded``: the map 2 tanh(z / Z_UNIT), z's ranking
+    inside the score range (the baseline's row)."""
 
     def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         atlas.check_population(vol.id, vol.meta.get("dataset"), vol.image.shape)
-        z = atlas.deviation(vol.image)
-        rec = np.broadcast_to(atlas.mean[:, :, None], vol.image.shape).astype(np.float32)
+        mean, spread = atlas.reference(vol.image[:, :, 0])
+        z = (np.abs(vol.image - mean[:, :, None]) / spread[:, :, None]).astype(np.float32)
+        rec = mean[:, :, None].astype(np.float32)
         return rec, (2.0 * np.tanh(z / Z_UNIT) if bounded else z).astype(np.float32), z ** 2
 
     return score
@@ -243,13 +250,14 @@ def with_normative(scorer: Scorer, info: Mapping[str, Any], atlas: NormativeAtla
     return mixed_scorer(parts, scales, [1.0, weight], reconstruction_of=0), {
         **info, "normative": {"weight": weight, "scales": [float(s) for s in scales], "quantile": MIX_QUANTILE,
                               "set_on": MIX_CALIBRATION, "sd_floor": atlas.sd_floor,
-                              "fitted_on_slices": int(atlas.count.max())}}
+                              "fitted_on_slices": int(atlas.count.max()), "fit": atlas.describe()}}
 
 
 def post_process(amap: np.ndarray, brain: np.ndarray, spacing: np.ndarray, pp: PostProcessing) -> np.ndarray:
-    """Median filter, then restriction to the eroded brain (both on the compact stack of scored slices)."""
-    return restrict_to_brain(median_filter(amap, pp.median_size, pp.median_in_plane), brain, pp.erode_mm,
-                             tuple(spacing))
+    """Median filter, in-plane Gaussian filter, then restriction to the eroded brain (all on the compact stack of
+    scored slices)."""
+    smoothed = gaussian_filter(median_filter(amap, pp.median_size, pp.median_in_plane), pp.gaussian_sigma)
+    return restrict_to_brain(smoothed, brain, pp.erode_mm, tuple(spacing))
 
 
 def score_split(scorer: Scorer, volumes: Iterable[PreparedVolume], slice_stride: int, pp: PostProcessing,
@@ -634,7 +642,8 @@ def baseline_scorers(data: PreparedDataset, run_dir: str | Path, names: Iterable
             out.append((name, normative_scorer(atlas, bounded=True),
                         {"kind": "normative", "map": f"2 tanh(z / {Z_UNIT:g}), z = |x - mu| / max(sigma, "
                          f"{atlas.sd_floor:g}) over the population's training slices",
-                         "fitted_on_slices": int(atlas.count.max()), "sets": list(NORMATIVE_SETS)}))
+                         "fitted_on_slices": int(atlas.count.max()), "fit": atlas.describe(),
+                         "sets": list(NORMATIVE_SETS)}))
         elif name == "ae":
             ae, info = train_autoencoder(data.slices("train")["image"], Path(run_dir) / "models" / "ae", fingerprint,
                                          steps=ae_steps, seed=seed)
@@ -807,7 +816,8 @@ def evaluate_run(cfg: EvalConfig, data: PreparedDataset, out: Path, device: torc
         log(f"normative_weight and the baseline 'atlas' read the IXI slices ({', '.join(NORMATIVE_SETS)}), and "
             f"eval_sets {list(cfg.eval_sets)} holds none: no normative rows")
         baselines = [b for b in baselines if b != "atlas"]
-    atlas = fit_atlas(data) if normative_sets and (cfg.normative_weight or "atlas" in baselines) else None
+    atlas = (fit_atlas(data, cfg.normative_registration, cfg.normative_neighbours)
+             if normative_sets and (cfg.normative_weight or "atlas" in baselines) else None)
     fuse = atlas if cfg.normative_weight else None  # the atlas the learned maps are fused with
 
     def learned_rows(scorer: Scorer, label: str, name: str, info: dict[str, Any]) -> None:

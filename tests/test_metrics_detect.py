@@ -12,7 +12,8 @@ from sklearn.metrics import average_precision_score, f1_score, jaccard_score, pr
 from addmlib.detect import score_volume, to_native_nifti
 from addmlib.diffusion import GaussianDiffusion
 from addmlib.metrics import BinnedScores, calibrate_threshold, confusion, mean_std, overlap_metrics
-from addmlib.post_processing import median_filter, remove_small_components, restrict_to_brain
+from addmlib.evaluate import PostProcessing, post_process
+from addmlib.post_processing import gaussian_filter, median_filter, remove_small_components, restrict_to_brain
 from tests.test_data_preprocess import _phantom
 from addmlib.data.preprocess import preprocess
 
@@ -108,6 +109,20 @@ def test_the_in_plane_median_keeps_a_lesion_one_scored_slice_thick_that_the_cube
     assert plane[4:7, 4:7, 2].min() == 1 and plane[stack == 0].max() == 0  # kept in its slice (corners rounded)
     one = np.random.default_rng(0).random((12, 12, 1)).astype(np.float32)  # a single slice: filtered alike
     assert np.array_equal(median_filter(one, 5), median_filter(one, 5, in_plane=True))
+
+
+def test_the_gaussian_keeps_a_small_lesion_that_a_wide_median_deletes_and_never_crosses_slices():
+    stack = np.zeros((16, 16, 3), np.float32)
+    stack[7:10, 7:10, 1] = 1.0  # 3 x 3 pixels: under half of a 5 x 5 median window
+    assert median_filter(stack, 5, in_plane=True).max() == 0
+    smooth = gaussian_filter(stack, 1.5)
+    assert np.unravel_index(np.argmax(smooth), smooth.shape) == (8, 8, 1) and smooth[8, 8, 1] > 0.3
+    assert smooth[:, :, [0, 2]].max() == 0  # in each slice's plane only
+    assert smooth.sum() == pytest.approx(stack.sum(), rel=1e-4)  # mass kept (edges extended, far from them here)
+    assert gaussian_filter(stack, 0.0) is stack
+    pp = PostProcessing(erode_mm=0.0, median_size=1, gaussian_sigma=1.5)
+    brain = np.ones(stack.shape, bool)
+    assert np.allclose(post_process(stack, brain, np.ones(3), pp), smooth)
 
 
 def test_a_single_slice_is_eroded_in_its_plane_only():
@@ -371,3 +386,11 @@ def test_evaluation_fuses_the_map_with_the_intensity_scaled_on_the_other_healthy
     assert again["thresholds_without_host"]["h0"] == fused["thresholds_without_host"]["h0"]
     assert again["eval_b"]["per_volume"][0]["threshold"] == fused["thresholds_without_host"]["h0"]
     assert again["thresholds_without_host"]["h1"] != fused["thresholds_without_host"]["h1"]
+
+
+def test_the_gaussian_filter_setting_is_validated_by_name():
+    from addmlib.config import ConfigError, EvalConfig, validate
+
+    assert validate(EvalConfig, {"run_dir": "x", "gaussian_sigma": 2.0}, "p").gaussian_sigma == 2.0
+    with pytest.raises(ConfigError, match="gaussian_sigma must be a finite number >= 0"):
+        validate(EvalConfig, {"run_dir": "x", "gaussian_sigma": -1.0}, "p")
