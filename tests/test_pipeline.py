@@ -106,6 +106,9 @@ def test_pipeline_runs_with_ci_params(ci_run):
     for row in (normative, atlas):
         assert "ixi_test" in row and "eval_a" not in row and "eval_b" not in row
         assert set(row["calibration"]) == {"ixi_calib"}
+    fit = "2 rounds of groupwise registration, the 8 nearest slices"  # params/ci/ci.yaml's atlas
+    assert metrics["models"]["normative atlas |x − μ|/σ (IXI training slices)"]["fit"] == fit
+    assert metrics["post_processing"]["gaussian_sigma"] == 2.0 and metrics["post_processing"]["median_size"] == 5
     assert set(json.loads((folder / "eval" / "detector.json").read_text())["models"]) == {"addm"}
     assert {"intensity floor (x itself)", "dark floor (−x)", "floor |x − brain median|"} <= set(results)
     assert len(list((folder / "eval" / "figures").glob("kind_ixi_test_*.png"))) == 4, "one figure per lesion kind"

@@ -225,12 +225,12 @@ def test_the_detector_records_its_median_window_and_an_older_record_reads_cubic(
     shutil.copytree(run, older, ignore=shutil.ignore_patterns("data", "notebooks"))
     path = older / "eval" / "detector.json"
     record = json.loads(path.read_text())
-    assert record["post_processing"]["gaussian_sigma"] == 0.0  # the ci settings filter by the median alone
+    assert record["post_processing"]["gaussian_sigma"] == 2.0  # params/ci/ci.yaml: the median, then the Gaussian
     del record["post_processing"]["median_in_plane"]  # written before the key existed: the cube
     del record["post_processing"]["gaussian_sigma"]  # written before the key existed: no Gaussian
     path.write_text(json.dumps(record))
     pp = score.load_detector(older).post_processing
-    assert not pp.median_in_plane and pp.median_size == 5 and pp.gaussian_sigma == 0.0
+    assert not pp.median_in_plane and pp.median_size == 5 and pp.gaussian_sigma == 0.0  # as such records were made
 
 
 def test_the_notebook_scores_and_browses(run, scans, tmp_path):
