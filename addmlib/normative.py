@@ -115,7 +115,7 @@ class NormativeAtlas:
         return tuple(self.mean.shape)
 
     def describe(self) -> str:
-        """How the atlas was fitted, in words (the baseline's label)."""
+        """How the atlas was fitted, in words (recorded as "fit" in its rows' information)."""
         parts = [f"{self.rounds} rounds of groupwise registration"] if self.rounds else []
         parts += [f"the {self.neighbours} nearest slices"] if self.neighbours else []
         return ", ".join(parts) or "aligned by crop and resize"
