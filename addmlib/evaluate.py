@@ -227,14 +227,13 @@ def fit_atlas(data: PreparedDataset, rounds: int = 0, neighbours: int = 0) -> No
 
 def normative_scorer(atlas: NormativeAtlas, bounded: bool = False) -> Scorer:
     """The atlas as a scorer: reconstruction mu and map z = |x - mu| / max(sigma, sigma_floor), both on the slice's
-    grid (``NormativeAtlas.reference``), squared error z^2; ``bounded``: the map 2 tanh(z / Z_UNIT), z's ranking
+    grid (``NormativeAtlas.reference``, ``deviation``), squared error z^2; ``bounded``: the map 2 tanh(z / Z_UNIT), z's ranking
     inside the score range (the baseline's row)."""
 
     def score(vol: PreparedVolume, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         atlas.check_population(vol.id, vol.meta.get("dataset"), vol.image.shape)
-        mean, spread = atlas.reference(vol.image[:, :, 0])
-        z = (np.abs(vol.image - mean[:, :, None]) / spread[:, :, None]).astype(np.float32)
-        rec = mean[:, :, None].astype(np.float32)
+        z = atlas.deviation(vol.image)
+        rec = atlas.reference(vol.image[:, :, 0])[0][:, :, None].astype(np.float32)  # the same reading, remembered
         return rec, (2.0 * np.tanh(z / Z_UNIT) if bounded else z).astype(np.float32), z ** 2
 
     return score

@@ -24,7 +24,7 @@ widens sigma exactly where lesions must be told from anatomy. Two options sharpe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -81,6 +81,8 @@ class NormativeAtlas:
     smooth_px: float = SMOOTH_PX
     slices: np.ndarray | None = None
     brains: np.ndarray | None = None
+    _read: dict[bytes, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, init=False, repr=False,
+                                                              compare=False)
 
     @classmethod
     def fit(cls, images: np.ndarray, brains: np.ndarray, sd_floor: float = SD_FLOOR, rounds: int = 0,
@@ -125,6 +127,14 @@ class NormativeAtlas:
         template's warped onto the image, over the ``neighbours`` slices nearest it where that is set."""
         if image.shape != self.shape:
             raise ValueError(f"image of {image.shape[:2]} pixels; the atlas holds {self.shape}")
+        if not (self.rounds or self.neighbours):
+            return self.mean, np.maximum(self.std, self.sd_floor)
+        key = np.ascontiguousarray(image, dtype=np.float32).tobytes()
+        if key not in self._read:  # registration and the neighbour search, once per image: every row reuses them
+            self._read[key] = self._reference(image)
+        return self._read[key]
+
+    def _reference(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mean, std = self.mean, self.std
         if self.neighbours:
             assert self.slices is not None and self.brains is not None

@@ -184,3 +184,15 @@ def test_an_evaluation_without_ixi_slices_has_no_normative_rows_and_says_so(ci_r
     assert not any("normative" in label for label in results) and len(results) == 2  # addm and the floor
     executed = (folder / "notebooks" / "03_evaluate.ipynb").read_text()
     assert "eval_sets ['eval_a'] holds none: no normative rows" in executed
+
+
+def test_a_registered_atlas_reads_each_image_once():
+    """Every row that fuses or shows the atlas reads the same slices: registration and the neighbour search run once
+    per image, and the remembered reading is the one computed afresh."""
+    images, brains = _shifted_population(n=10, size=16)
+    atlas = NormativeAtlas.fit(images[1:], brains[1:], rounds=1, neighbours=4)
+    first = atlas.reference(images[0])
+    assert atlas.reference(images[0].copy()) is first and len(atlas._read) == 1
+    fresh = NormativeAtlas.fit(images[1:], brains[1:], rounds=1, neighbours=4)._reference(images[0])
+    assert all(np.array_equal(a, b) for a, b in zip(first, fresh))
+    assert np.allclose(atlas.deviation(images[0][:, :, None])[:, :, 0], np.abs(images[0] - first[0]) / first[1])
